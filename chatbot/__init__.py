@@ -1,0 +1,3 @@
+"""celery-chatops: triage a Celery incident from Slack."""
+
+__version__ = "0.1.0"
