@@ -1,0 +1,156 @@
+"""The records the state keeps and hands out: tasks, workers, stream health.
+
+Records returned by a store are snapshots: changing one changes nothing in the store.
+Times are UNIX seconds (floats). Task times come from the event (worker clock, corrected by
+the event's UTC offset, as Celery's receiver does); worker liveness uses the local time the
+event arrived, so a worker with a skewed clock is not judged dead or alive by its clock.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+# Task states, spelled as Celery spells them.
+PENDING = "PENDING"
+RECEIVED = "RECEIVED"
+STARTED = "STARTED"
+RETRY = "RETRY"
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+REVOKED = "REVOKED"
+REJECTED = "REJECTED"
+
+TASK_STATES = (PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED, REJECTED)
+QUEUED_STATES = frozenset({PENDING, RECEIVED, RETRY})
+FINISHED_STATES = frozenset({SUCCESS, FAILURE, REVOKED, REJECTED})
+
+# Celery's heartbeat expiry: a worker is offline once 2 x freq passed without a heartbeat.
+HEARTBEAT_EXPIRE_FACTOR = 2.0
+DEFAULT_HEARTBEAT_FREQ = 2.0
+
+
+@dataclass(slots=True)
+class Task:
+    uuid: str
+    name: str | None = None
+    state: str = PENDING
+    args: str | None = None
+    kwargs: str | None = None
+    worker: str | None = None
+    queue: str | None = None
+    routing_key: str | None = None
+    sent: float | None = None
+    received: float | None = None
+    started: float | None = None
+    finished: float | None = None  # succeeded, failed, revoked or rejected
+    retried: float | None = None  # the last task-retried
+    runtime: float | None = None
+    retries: int = 0
+    exception: str | None = None
+    traceback: str | None = None
+    result: str | None = None
+    parent_id: str | None = None
+    root_id: str | None = None
+    eta: str | None = None
+    expires: str | None = None
+    terminated: bool = False  # revoked with terminate
+    signum: str | None = None
+    # Time of the event that set ``state``: orders late and duplicated events.
+    state_ts: float = 0.0
+
+    def snapshot(self) -> Task:
+        return copy.copy(self)
+
+    @property
+    def exception_type(self) -> str | None:
+        """``ValueError`` for ``ValueError('boom')``; the exception text up to its '('."""
+        if not self.exception:
+            return None
+        head = self.exception.split("(", 1)[0].strip()
+        return head or None
+
+    def runtime_so_far(self, now: float) -> float | None:
+        if self.runtime is not None:
+            return self.runtime
+        if self.started is not None:
+            end = self.finished if self.finished is not None else now
+            return max(0.0, end - self.started)
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flower's ``Task.as_dict()`` shape where the names coincide, plus our own fields."""
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class Worker:
+    hostname: str
+    freq: float = DEFAULT_HEARTBEAT_FREQ
+    last_heartbeat: float | None = None  # local receive time of the last online/heartbeat event
+    offline_at: float | None = None  # a worker-offline event (graceful shutdown) arrived
+    first_seen: float = 0.0
+    active: int | None = None
+    processed: int | None = None
+    loadavg: tuple[float, ...] | None = None
+    sw_ident: str | None = None
+    sw_ver: str | None = None
+    sw_sys: str | None = None
+    pid: int | None = None
+    # From ``inspect stats`` / ``active_queues`` (events do not carry them).
+    pool: str | None = None
+    concurrency: int | None = None
+    queues: tuple[str, ...] = ()
+
+    def snapshot(self) -> Worker:
+        return copy.copy(self)
+
+    def is_online(self, now: float, expire_factor: float = HEARTBEAT_EXPIRE_FACTOR) -> bool:
+        """Judged by heartbeat expiry: a killed worker never sends worker-offline."""
+        if self.last_heartbeat is None:
+            return False
+        if self.offline_at is not None and self.offline_at >= self.last_heartbeat:
+            return False
+        return now < self.last_heartbeat + self.freq * expire_factor
+
+    def expires_at(self, expire_factor: float = HEARTBEAT_EXPIRE_FACTOR) -> float | None:
+        if self.last_heartbeat is None:
+            return None
+        return self.last_heartbeat + self.freq * expire_factor
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeStats:
+    """Runtime percentiles over the most recent successful runs of one task name."""
+
+    name: str
+    count: int
+    p50: float
+    p95: float
+    p99: float
+    max: float
+
+
+@dataclass(slots=True)
+class StreamHealth:
+    """How fresh and how complete the picture is."""
+
+    last_event_at: float | None = None  # local time the newest event arrived
+    events_total: int = 0
+    events_by_type: dict[str, int] = field(default_factory=dict)
+    malformed: int = 0
+    tasks_evicted: int = 0
+    workers_evicted: int = 0
+    # Filled by the consumer, not the state:
+    connected: bool = False
+    broker: str = ""
+    reconnects: int = 0
+    disconnects_by_server: int = 0  # e.g. Redis closed a subscriber that fell behind: events lost
+    last_error: str | None = None
+    lag_events: int = 0  # received from the broker but not yet applied
+
+    def snapshot(self) -> StreamHealth:
+        clone = copy.copy(self)
+        clone.events_by_type = dict(self.events_by_type)
+        return clone

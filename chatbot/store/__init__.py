@@ -1,0 +1,88 @@
+"""The store: the one narrow interface between the picture of the fleet and everything that reads it.
+
+Commands, control, approvals and alerts only see :class:`Store`. Two backends implement it:
+``memory://`` (:mod:`chatbot.store.memory`, the default) and ``redis://`` (shared and durable).
+Everything a backend hands out is a snapshot; everything it takes is plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from chatbot.model import RuntimeStats, StreamHealth, Task, Worker
+
+
+@runtime_checkable
+class FleetStore(Protocol):
+    """Tasks and workers, fed one Celery event at a time (applied in batches)."""
+
+    # -- writing -------------------------------------------------------------
+    def apply(self, events: Iterable[Mapping[str, Any]]) -> int:
+        """Apply Celery events in arrival order; returns how many were applied.
+
+        Malformed events are counted in ``health().malformed`` and dropped, never raised.
+        """
+        ...
+
+    def update_worker_info(
+        self,
+        hostname: str,
+        *,
+        pool: str | None = None,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> None:
+        """Facts about a worker learned from ``inspect`` (events do not carry them)."""
+        ...
+
+    # -- reading -------------------------------------------------------------
+    def get_task(self, uuid: str) -> Task | None: ...
+
+    def find_task_ids(self, prefix: str, limit: int = 2) -> list[str]:
+        """Ids starting with ``prefix`` (at most ``limit``), to resolve a unique prefix."""
+        ...
+
+    def tasks(
+        self,
+        *,
+        state: str | None = None,
+        name: str | None = None,
+        worker: str | None = None,
+        since: float | None = None,
+        limit: int = 50,
+    ) -> list[Task]:
+        """Newest first (by the time of the task's latest transition)."""
+        ...
+
+    def count_tasks(
+        self, *, state: str | None = None, name: str | None = None, worker: str | None = None
+    ) -> int: ...
+
+    def active(self, worker: str | None = None) -> list[Task]:
+        """Running tasks, longest-running first."""
+        ...
+
+    def failure_counts(self, window: float, now: float) -> dict[str, int]:
+        """Failures per task name whose failure time lies within ``window`` seconds of ``now``."""
+        ...
+
+    def recent_failures(self, name: str | None, window: float, now: float) -> list[Task]:
+        """Failures (of one name, or all) within the window, newest first."""
+        ...
+
+    def runtime_stats(self, name: str) -> RuntimeStats | None: ...
+
+    def task_names(self) -> list[str]:
+        """Task names seen recently (bounded), sorted."""
+        ...
+
+    def counts_by_state(self) -> dict[str, int]: ...
+
+    def workers(self) -> list[Worker]: ...
+
+    def get_worker(self, hostname: str) -> Worker | None: ...
+
+    def health(self) -> StreamHealth: ...
+
+    def __len__(self) -> int: ...
