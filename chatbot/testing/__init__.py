@@ -1,0 +1,1 @@
+"""Test doubles and launchers shared by tests/, bench/ and the demo."""
