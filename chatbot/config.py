@@ -158,7 +158,9 @@ class Settings:
         default="https://slack.com/api/", metadata={"env": "SLACK_API_URL", "parse": _api_url}
     )
     host: str = field(default="0.0.0.0", metadata={"env": "CHATOPS_HOST", "parse": _str})
-    port: int = field(default=3000, metadata={"env": "CHATOPS_PORT", "parse": _int_parser(0, 65535)})
+    port: int = field(
+        default=3000, metadata={"env": "CHATOPS_PORT", "parse": _int_parser(0, 65535)}
+    )
     max_tasks: int = field(
         default=10000, metadata={"env": "CHATOPS_MAX_TASKS", "parse": _int_parser(1)}
     )

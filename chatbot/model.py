@@ -81,7 +81,7 @@ class Task:
 
     def as_dict(self) -> dict[str, Any]:
         """Flower's ``Task.as_dict()`` shape where the names coincide, plus our own fields."""
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(slots=True)

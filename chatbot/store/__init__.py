@@ -1,6 +1,6 @@
-"""The store: the one narrow interface between the picture of the fleet and everything that reads it.
+"""The store: the narrow interface between the picture of the fleet and everything reading it.
 
-Commands, control, approvals and alerts only see :class:`Store`. Two backends implement it:
+Commands, control, approvals and alerts only see :class:`FleetStore`. Two backends implement it:
 ``memory://`` (:mod:`chatbot.store.memory`, the default) and ``redis://`` (shared and durable).
 Everything a backend hands out is a snapshot; everything it takes is plain data.
 """
