@@ -453,3 +453,34 @@ def test_readers_never_see_a_half_applied_batch_or_crash_while_a_writer_runs() -
 def test_caps_must_be_positive(bad: int) -> None:
     with pytest.raises(ValueError):
         MemoryStore(max_tasks=bad)
+
+
+def test_change_tracking_reports_what_a_batch_changed_and_evicted() -> None:
+    store = MemoryStore(max_tasks=2, track_changes=True)
+    first = run_task(store, T0)
+    store.apply([{"type": "worker-heartbeat", "hostname": "w1@host", "local_received": T0}])
+    changes = store.drain_changes()
+    assert [t.uuid for t in changes.tasks] == [first]
+    assert [w.hostname for w in changes.workers] == ["w1@host"]
+    second, third = run_task(store, T0 + 10), run_task(store, T0 + 20)
+    changes = store.drain_changes()
+    assert {t.uuid for t in changes.tasks} == {second, third}
+    assert changes.removed == [first]
+    assert store.drain_changes().tasks == []
+
+
+def test_a_store_warmed_from_records_answers_like_the_original() -> None:
+    original = MemoryStore()
+    for i in range(20):
+        run_task(original, T0 + i, outcome="fail" if i % 4 == 0 else "ok", name=f"proj.t{i % 2}")
+    running = new_id()
+    original.apply([received(running, T0 + 30), started(running, T0 + 31)])
+    warmed = MemoryStore()
+    warmed.load(original.tasks(limit=1000), original.workers())
+    assert warmed.counts_by_state() == original.counts_by_state()
+    assert [t.uuid for t in warmed.active()] == [running]
+    assert warmed.tasks(state=FAILURE, name="proj.t0") == original.tasks(
+        state=FAILURE, name="proj.t0"
+    )
+    assert warmed.runtime_stats("proj.t1") == original.runtime_stats("proj.t1")
+    assert warmed.failure_counts(3600, T0 + 40) == original.failure_counts(3600, T0 + 40)

@@ -86,3 +86,35 @@ class FleetStore(Protocol):
     def health(self) -> StreamHealth: ...
 
     def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class RecordStore(Protocol):
+    """Small JSON documents by kind and key: pending approvals, open alerts, silences.
+
+    ``transition`` is the one atomic primitive: it is what makes an approval decided exactly
+    once, also across replicas sharing a Redis backend.
+    """
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None: ...
+
+    def put(self, kind: str, key: str, value: Mapping[str, Any], ttl: float | None = None) -> None:
+        """Create or replace; ``ttl`` seconds until it disappears (None: kept)."""
+        ...
+
+    def create(
+        self, kind: str, key: str, value: Mapping[str, Any], ttl: float | None = None
+    ) -> bool:
+        """Store only if absent; True when stored."""
+        ...
+
+    def transition(
+        self, kind: str, key: str, field: str, expected: Any, updates: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Atomically: if the record exists and ``record[field] == expected``, merge ``updates``
+        into it and return the new record; otherwise change nothing and return None."""
+        ...
+
+    def delete(self, kind: str, key: str) -> bool: ...
+
+    def list(self, kind: str) -> list[dict[str, Any]]: ...

@@ -27,6 +27,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
@@ -76,6 +77,15 @@ _EVICTION_ORDER: tuple[tuple[str, ...], ...] = (
 _MAX_EVENT_TYPES = 64  # distinct event type names counted; the rest count as "other"
 
 
+@dataclass(frozen=True, slots=True)
+class StoreChanges:
+    tasks: list[Task]  # created or changed
+    removed: list[str]  # evicted task ids
+    workers: list[Worker]
+    removed_workers: list[str]
+    health: StreamHealth
+
+
 class MemoryStore:
     """The ``memory://`` backend of :class:`chatbot.store.FleetStore`."""
 
@@ -91,6 +101,7 @@ class MemoryStore:
         runtime_samples: int = 512,
         failure_horizon: float = 86400.0,
         heartbeat_expire_factor: float = 2.0,
+        track_changes: bool = False,
     ) -> None:
         if max_tasks < 1 or max_workers < 1:
             raise ValueError("max_tasks and max_workers must be at least 1")
@@ -116,6 +127,11 @@ class MemoryStore:
         self._runtimes: dict[str, deque[float]] = {}
         self._workers: dict[str, Worker] = {}
         self._health = StreamHealth()
+        # Write-through backends (redis://) drain what each batch changed.
+        self._track = track_changes
+        self._changed: set[str] = set()
+        self._removed: set[str] = set()
+        self._changed_workers: set[str] = set()
 
     # ------------------------------------------------------------------ writing
     def apply(self, events: Iterable[Mapping[str, Any]]) -> int:
@@ -238,6 +254,8 @@ class MemoryStore:
             if signum is not None:
                 task.signum = str(signum)
 
+        if self._track:
+            self._changed.add(uuid)
         if kind == "task-rejected" and event.get("requeue"):
             state = PENDING  # handed back to the queue: waiting again, not finished
         self._transition(task, state, ts, created)
@@ -342,6 +360,9 @@ class MemoryStore:
 
     def _remove(self, uuid: str) -> None:
         task = self._tasks.pop(uuid)
+        if self._track:
+            self._changed.discard(uuid)
+            self._removed.add(uuid)
         del self._by_state[task.state][uuid]
         if task.name is not None:
             self._unindex(self._by_name, task.name, uuid)
@@ -361,6 +382,8 @@ class MemoryStore:
             self._workers[worker.hostname] = worker
             if len(self._workers) > self.max_workers:
                 self._evict_worker()
+        if self._track:
+            self._changed_workers.add(worker.hostname)
         freq = event.get("freq")
         if freq:
             worker.freq = float(freq)
@@ -395,6 +418,8 @@ class MemoryStore:
 
         victim = min(self._workers.values(), key=silence)
         del self._workers[victim.hostname]
+        if self._track:
+            self._changed_workers.add(victim.hostname)  # absent from the store: a removal
         self._health.workers_evicted += 1
 
     def update_worker_info(
@@ -415,6 +440,52 @@ class MemoryStore:
                 worker.concurrency = concurrency
             if queues is not None:
                 worker.queues = tuple(_intern(q) for q in queues)
+            if self._track:
+                self._changed_workers.add(hostname)
+
+    def drain_changes(self) -> StoreChanges:
+        """What changed since the last drain (needs ``track_changes=True``)."""
+        with self._lock:
+            tasks = [self._tasks[u].snapshot() for u in self._changed]
+            removed = list(self._removed)
+            workers: list[Worker] = []
+            gone: list[str] = []
+            for hostname in self._changed_workers:
+                worker = self._workers.get(hostname)
+                if worker is None:
+                    gone.append(hostname)
+                else:
+                    workers.append(worker.snapshot())
+            self._changed.clear()
+            self._removed.clear()
+            self._changed_workers.clear()
+            return StoreChanges(tasks, removed, workers, gone, self._health.snapshot())
+
+    def load(self, tasks: Iterable[Task], workers: Iterable[Worker]) -> None:
+        """Warm an empty store from stored records (a restart or a failover)."""
+        with self._lock:
+            for task in sorted(tasks, key=lambda t: t.state_ts):
+                task = task.snapshot()
+                if task.uuid in self._tasks:
+                    continue
+                self._tasks[task.uuid] = task
+                self._by_state[task.state][task.uuid] = None
+                if task.name is not None:
+                    task.name = _intern(task.name)
+                    self._index(self._by_name, task.name, task.uuid)
+                    self._touch_name(task.name)
+                if task.worker is not None:
+                    task.worker = _intern(task.worker)
+                    self._index(self._by_worker, task.worker, task.uuid)
+                if task.state == FAILURE:
+                    self._index(self._failed_by_name, task.name or "?", task.uuid)
+                    self._record_failure(task.name or "?", task.finished or task.state_ts)
+                elif task.state == SUCCESS and task.runtime is not None and task.name:
+                    self._record_runtime(task.name, task.runtime)
+                if len(self._tasks) > self.max_tasks:
+                    self._evict(protect=task.uuid)
+            for worker in workers:
+                self._workers.setdefault(worker.hostname, worker.snapshot())
 
     # ------------------------------------------------------------------ reading
     def get_task(self, uuid: str) -> Task | None:
