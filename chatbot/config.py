@@ -140,7 +140,7 @@ def _log_level(name: str, raw: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """All settings; field metadata ``env`` names the variable of SPEC.md."""
 
@@ -257,6 +257,11 @@ class Settings:
         self.require("broker_url", "slack_bot_token")
         if not self.socket_mode:
             self.require("slack_signing_secret")
+
+    def __repr__(self) -> str:
+        # A repr ends up in logs and tracebacks: only ever the masked view.
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.describe().items())
+        return f"Settings({shown})"
 
     def describe(self) -> dict[str, str]:
         """Settings as shown to people: secrets masked, broker password removed."""
