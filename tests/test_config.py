@@ -81,9 +81,9 @@ def test_a_malformed_token_is_reported_without_echoing_it() -> None:
 
 
 def test_run_requires_broker_token_and_signing_secret_in_http_mode() -> None:
-    with pytest.raises(ConfigError, match="^CELERY_BROKER_URL: required"):
+    with pytest.raises(ConfigError, match=r"^CELERY_BROKER_URL: required"):
         load_settings(environ={}).require_for_run()
-    with pytest.raises(ConfigError, match="^SLACK_SIGNING_SECRET: required"):
+    with pytest.raises(ConfigError, match=r"^SLACK_SIGNING_SECRET: required"):
         load_settings(
             environ={"CELERY_BROKER_URL": "redis://h/0", "SLACK_BOT_TOKEN": "xoxb-1"}
         ).require_for_run()
