@@ -1,0 +1,693 @@
+"""The event stream reader: Celery events from the fleet's broker into the store.
+
+Two transports, one shape:
+
+* **Redis** (``redis://``, ``rediss://``): a fast path of our own. One redis-py connection
+  (hiredis parser) PSUBSCRIBEs to the event exchange's topics exactly as kombu would
+  (``{global_keyprefix}/{db}.celeryev/*``) and the raw messages are decoded by
+  :mod:`chatbot.eventwire`. Kombu's virtual transport costs several times more per message,
+  and on Redis a slow subscriber is not slowed down but *cut off*: once 32 MB of unread
+  messages pile up in its output buffer the server closes the connection and everything
+  published until the reconnect is lost (research: flower.md §5, §6.3).
+* **AMQP** (``amqp://``, ``pyamqp://``, ``amqps://``): Celery's own receiver (its queue
+  declaration, accept list and ``event_from_message``) on a kombu connection.
+
+In both, a *reader* thread only moves messages off the socket into a bounded local buffer,
+and an *applier* thread decodes them and hands them to ``store.apply`` in batches, so the
+store lock is taken once per batch and a store that is briefly busy (a long query holding
+its lock) does not stop the socket from being drained. A third *control* thread sends the
+``heartbeat`` / ``enable_events`` broadcasts, which can block on the broker and so must
+never run on the reader, nor on a thread that answers Slack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis
+import redis.exceptions
+
+from chatbot.config import redact_url
+from chatbot.eventwire import (
+    EVENT_EXCHANGE,
+    Localizer,
+    MalformedMessage,
+    accept_content,
+    decode_body,
+    is_event,
+    subscribe_topic,
+)
+from chatbot.model import StreamHealth
+from chatbot.store import FleetStore
+
+if TYPE_CHECKING:
+    from celery import Celery
+    from kombu import Connection as KombuConnection
+    from kombu import Message
+
+log = logging.getLogger(__name__)
+
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
+
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 30.0
+# redis-py's message when recv() returns EOF: the server closed the subscription.
+_SERVER_CLOSED = "Connection closed by server"
+_READ_TIMEOUT = 0.25  # how often a blocked reader looks at the stop flag
+_IDLE_PING = 15.0  # an idle subscription sends PING so a dead peer is noticed
+_AMQP_HEARTBEAT_CHECK = 1.0
+# A raw event message is ~0.6-2 KB; an already-decoded AMQP event is charged as this many.
+_DECODED_EVENT_COST = 1024
+
+_CERT_REQS = {
+    "cert_required": "required",
+    "required": "required",
+    "cert_optional": "optional",
+    "optional": "optional",
+    "cert_none": "none",
+    "none": "none",
+}
+
+
+class _ServerClosed(ConnectionError):
+    """The broker ended our subscription: whatever it published meanwhile is lost."""
+
+
+def _cert_reqs(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        if value == ssl.CERT_NONE:
+            return "none"
+        return "optional" if value == ssl.CERT_OPTIONAL else "required"
+    return _CERT_REQS.get(str(value).strip().lower(), "required")
+
+
+def redis_connection_kwargs(
+    url: str, ssl_options: Mapping[str, Any] | None = None
+) -> tuple[type[redis.Connection], dict[str, Any]]:
+    """redis-py connection class and arguments for a kombu-style Redis broker URL.
+
+    Parsed here rather than by ``redis.from_url`` because kombu URLs carry query options
+    (``ssl_cert_reqs=CERT_REQUIRED``, transport flags) that redis-py would pass on as
+    unknown keyword arguments.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    kwargs: dict[str, Any] = {
+        "host": parts.hostname or "localhost",
+        "port": parts.port or 6379,
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+    }
+    path = parts.path.strip("/")
+    db = query.get("db") or query.get("virtual_host") or path or "0"
+    try:
+        kwargs["db"] = int(db)
+    except ValueError:
+        raise ValueError(f"Redis database must be a number, got {db!r}") from None
+    if parts.scheme != "rediss":
+        return redis.Connection, kwargs
+    options: dict[str, Any] = dict(ssl_options or {})
+    for key in ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if key in query:
+            options[key] = query[key]
+    reqs = _cert_reqs(options.get("ssl_cert_reqs", "required"))
+    kwargs["ssl_cert_reqs"] = reqs
+    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        if options.get(key):
+            kwargs[key] = options[key]
+    if "ssl_check_hostname" in query:
+        kwargs["ssl_check_hostname"] = query["ssl_check_hostname"].lower() in {"1", "true", "yes"}
+    elif reqs == "none":
+        kwargs["ssl_check_hostname"] = False
+    return redis.SSLConnection, kwargs
+
+
+class EventConsumer:
+    """Consumes the fleet's event stream into ``store`` on background daemon threads.
+
+    ``enable_events`` and ``heartbeat`` are fire-and-forget broadcasts (normally
+    :class:`chatbot.control.FleetControl`'s); when not given they go through ``app.control``
+    (an app of our own on ``broker_url`` if none is given). After every (re)connect workers
+    are asked for a heartbeat, and ``enable_events`` is sent then and every
+    ``enable_events_interval`` seconds (0 disables it), so workers started without ``-E``
+    send task events too, as Flower does.
+
+    ``fast_path=False`` reads Redis through kombu's transport instead (kept for comparison
+    and as an escape hatch); ``split_reader=False`` decodes and applies on the reading
+    thread itself (measured by ``bench/ingest.py``).
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        store: FleetStore,
+        *,
+        app: Celery | None = None,
+        enable_events: Callable[[], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
+        enable_events_interval: float = 30.0,
+        transport_options: Mapping[str, Any] | None = None,
+        batch_max: int = 1000,
+        batch_window: float = 0.02,
+        clock: Callable[[], float] = time.time,
+        fast_path: bool = True,
+        split_reader: bool = True,
+        buffer_bytes: int = 64 * 1024 * 1024,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        scheme = urlsplit(broker_url).scheme
+        if scheme not in REDIS_SCHEMES | AMQP_SCHEMES:
+            raise ValueError(f"unsupported broker scheme {scheme or '(none)'}://")
+        if batch_max < 1:
+            raise ValueError("batch_max must be >= 1")
+        self.broker_url = broker_url
+        self.store = store
+        self._app = app
+        self._transport_options: dict[str, Any] = dict(
+            transport_options
+            if transport_options is not None
+            else (app.conf.broker_transport_options or {} if app is not None else {})
+        )
+        self._enable_events = enable_events
+        self._heartbeat = heartbeat
+        self.enable_events_interval = float(enable_events_interval)
+        self.batch_max = batch_max
+        self.batch_window = max(0.0, float(batch_window))
+        self._clock = clock
+        # Sentinel ("redis+sentinel") and failover lists are kombu features the fast path
+        # does not reimplement; they stay on kombu's transport.
+        self._fast = (
+            fast_path
+            and scheme in REDIS_SCHEMES
+            and ";" not in broker_url
+            and "master_name" not in self._transport_options
+        )
+        self._is_redis = scheme in REDIS_SCHEMES
+        self._split = split_reader or not self._fast
+        self._buffer_limit = max(1, int(buffer_bytes))
+        self._connect_timeout = connect_timeout
+
+        serializer = app.conf.event_serializer if app is not None else "json"
+        self._accept = accept_content([serializer or "json"])
+        self._localizer = Localizer()
+
+        # Reader → applier hand-off. deque append/popleft are atomic under the GIL; the
+        # counters each have a single writer, so their difference is a lock-free backlog.
+        self._buffer: deque[Any] = deque()
+        self._bytes_in = 0  # reader only
+        self._bytes_out = 0  # applier only
+        self._msgs_in = 0  # reader only
+        self._msgs_out = 0  # applier only
+        self._pending_events = 0  # decoded, not yet applied (applier only)
+        self._applier_idle = False
+        self._wake = threading.Event()
+
+        self._stats_lock = threading.Lock()
+        self._malformed = 0
+        self._reconnects = 0
+        self._disconnects_by_server = 0
+        self._last_error: str | None = None
+        self._apply_errors = 0
+        self._sessions = 0  # successful connections so far (reader thread only)
+
+        self._stopping = threading.Event()
+        self._reader_done = threading.Event()
+        self._connected = threading.Event()
+        self._kick = threading.Event()  # (re)connected: the control thread broadcasts
+        self._threads: list[threading.Thread] = []
+        self._started = False
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError("EventConsumer already started")
+        self._started = True
+        target = self._run_redis if self._fast else self._run_kombu
+        self._threads = [threading.Thread(target=target, name="chatops-events-reader", daemon=True)]
+        if self._split:
+            self._threads.append(
+                threading.Thread(target=self._run_applier, name="chatops-events-apply", daemon=True)
+            )
+        self._threads.append(
+            threading.Thread(target=self._run_control, name="chatops-events-control", daemon=True)
+        )
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop reading, apply what was already received, join the threads (bounded)."""
+        self._stopping.set()
+        self._wake.set()
+        self._kick.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def lag_events(self) -> int:
+        """Messages received but not yet applied (a ``.multi`` message counts once)."""
+        return max(0, self._msgs_in - self._msgs_out) + self._pending_events
+
+    @property
+    def malformed(self) -> int:
+        return self._malformed
+
+    def health_into(self, h: StreamHealth) -> StreamHealth:
+        """Fill the consumer's half of ``h`` (the store fills the rest); returns ``h``."""
+        with self._stats_lock:
+            h.connected = self.connected
+            h.broker = redact_url(self.broker_url)
+            h.reconnects = self._reconnects
+            h.disconnects_by_server = self._disconnects_by_server
+            h.last_error = self._last_error
+            h.malformed += self._malformed
+        h.lag_events = self.lag_events
+        return h
+
+    # -- shared bookkeeping ----------------------------------------------------------
+    def _on_connected(self) -> None:
+        with self._stats_lock:
+            if self._sessions:
+                self._reconnects += 1
+            self._sessions += 1
+        self._connected.set()
+        self._kick.set()
+        log.info("Consuming Celery events from %s", redact_url(self.broker_url))
+
+    def _on_disconnected(self, exc: BaseException | None, by_server: bool) -> None:
+        self._connected.clear()
+        if exc is None:
+            return
+        message = f"{type(exc).__name__}: {exc}"
+        with self._stats_lock:
+            self._last_error = message
+            if by_server:
+                self._disconnects_by_server += 1
+        if by_server:
+            log.warning(
+                "Event loss detected: %s closed the event subscription (the consumer fell behind"
+                " the broker's output buffer limit, was killed, or the broker restarted);"
+                " events published until the reconnect are lost",
+                redact_url(self.broker_url),
+            )
+
+    def _count_malformed(self, reason: str) -> None:
+        with self._stats_lock:
+            self._malformed += 1
+            first = self._malformed == 1
+        # The first one is worth a warning (a misconfigured serializer looks like this);
+        # after that a flood of garbage must not flood the log.
+        if first:
+            log.warning("Dropped an undecodable event message: %s", reason)
+        else:
+            log.debug("Dropped an undecodable event message: %s", reason)
+
+    def _backoff(self, attempt: int, was_good: bool) -> bool:
+        """Sleep before reconnect attempt ``attempt``; False if stopping."""
+        # Right after a good connection dropped, every second offline is lost events:
+        # try once at once, then back off 1 s, 2 s, ... 30 s.
+        if was_good and attempt == 0:
+            return not self._stopping.is_set()
+        step = attempt - 1 if was_good else attempt
+        delay = min(BACKOFF_MAX, BACKOFF_FIRST * (2 ** max(0, step)))
+        log.warning("Event stream unavailable (%s); retrying in %.0f s", self._last_error, delay)
+        return not self._stopping.wait(delay)
+
+    def _put(self, item: Any, cost: int) -> None:
+        """Reader side of the hand-off: wait (never drop) while the local buffer is full."""
+        while self._bytes_in - self._bytes_out > self._buffer_limit:
+            if self._stopping.is_set():
+                return
+            # Back-pressure: the socket stops being read and the broker buffers instead.
+            # On Redis that ends in a server-side disconnect, counted as event loss.
+            if self._applier_idle:
+                self._wake.set()
+            time.sleep(0.001)
+        self._buffer.append(item)
+        self._bytes_in += cost
+        self._msgs_in += 1
+        if self._applier_idle:
+            self._wake.set()
+
+    # -- applier ---------------------------------------------------------------------
+    def _run_applier(self) -> None:
+        buffer = self._buffer
+        try:
+            while True:
+                if not buffer:
+                    if self._reader_done.is_set():
+                        return
+                    self._applier_idle = True
+                    if not buffer:  # re-check after publishing the flag: no lost wake-up
+                        self._wake.wait(0.5)
+                    self._wake.clear()
+                    self._applier_idle = False
+                    # Let a trickle accumulate into one batch instead of one lock per event.
+                    if buffer and self.batch_window and not self._stopping.is_set():
+                        time.sleep(self.batch_window)
+                    continue
+                take = min(len(buffer), self.batch_max)
+                items = [buffer.popleft() for _ in range(take)]
+                self._process(items)
+        except Exception:  # pragma: no cover - a bug here must not pass silently
+            log.exception("Event applier crashed")
+
+    def _process(self, items: list[Any]) -> None:
+        """Decode raw messages (Redis) or take decoded events (AMQP) and apply them."""
+        events: list[dict[str, Any]] = []
+        localizer = self._localizer
+        localizer.refresh_offset()
+        now = self._clock()
+        cost = 0
+        accept = self._accept
+        for item in items:
+            if isinstance(item, dict):  # already through Celery's event_from_message
+                events.append(item)
+                cost += _DECODED_EVENT_COST
+                continue
+            cost += len(item)
+            try:
+                body = decode_body(item, accept)
+            except MalformedMessage as exc:
+                self._count_malformed(str(exc))
+                continue
+            if isinstance(body, list):
+                for event in body:
+                    if is_event(event):
+                        localizer.localize(event, now)
+                        events.append(event)
+                    else:
+                        self._count_malformed("an event in a list is not an object with a type")
+            elif is_event(body):
+                localizer.localize(body, now)
+                events.append(body)
+            else:
+                self._count_malformed("body is not an event object")
+        self._pending_events = len(events)
+        self._msgs_out += len(items)
+        self._bytes_out += cost
+        self._apply(events)
+        self._pending_events = 0
+
+    def _apply(self, events: list[dict[str, Any]]) -> None:
+        step = self.batch_max
+        for start in range(0, len(events), step):
+            chunk = events if len(events) <= step else events[start : start + step]
+            try:
+                self.store.apply(chunk)
+            except Exception:
+                # The store promises not to raise; if it does, lose this batch, not the stream.
+                self._apply_errors += 1
+                if self._apply_errors == 1 or self._apply_errors % 1000 == 0:
+                    log.exception("store.apply failed (%d times so far)", self._apply_errors)
+            self._pending_events = max(0, self._pending_events - len(chunk))
+
+    # -- Redis fast path -------------------------------------------------------------
+    def _redis_topic(self, db: int) -> tuple[str, bool]:
+        opts = self._transport_options
+        return subscribe_topic(
+            db=db,
+            global_keyprefix=str(opts.get("global_keyprefix") or ""),
+            fanout_prefix_option=opts.get("fanout_prefix", True),
+            fanout_patterns=bool(opts.get("fanout_patterns", True)),
+            exchange=self._exchange_name(),
+        )
+
+    def _exchange_name(self) -> str:
+        if self._app is not None:
+            return str(self._app.conf.event_exchange or EVENT_EXCHANGE)
+        return EVENT_EXCHANGE
+
+    def _redis_connect(self) -> redis.Connection:
+        ssl_options = None
+        if self._app is not None and isinstance(self._app.conf.broker_use_ssl, Mapping):
+            ssl_options = self._app.conf.broker_use_ssl
+        cls, kwargs = redis_connection_kwargs(self.broker_url, ssl_options)
+        connect_timeout = float(
+            self._transport_options.get("socket_connect_timeout") or self._connect_timeout
+        )
+        conn = cls(
+            **kwargs,
+            protocol=2,  # RESP2: pub/sub messages are plain lists, no push-handler detour
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=None,
+            socket_keepalive=True,
+            health_check_interval=0,
+            client_name="celery-chatops-events",
+        )
+        conn.connect()
+        topic, is_pattern = self._redis_topic(int(kwargs["db"]))
+        conn.send_command("PSUBSCRIBE" if is_pattern else "SUBSCRIBE", topic)
+        reply = conn.read_response(timeout=connect_timeout)
+        if not (isinstance(reply, list) and reply and reply[0] in (b"psubscribe", b"subscribe")):
+            conn.disconnect()
+            raise redis.exceptions.ConnectionError(f"unexpected reply to SUBSCRIBE: {reply!r}")
+        return conn
+
+    def _run_redis(self) -> None:
+        attempt = 0
+        was_good = False
+        try:
+            while not self._stopping.is_set():
+                conn: redis.Connection | None = None
+                sessions = self._sessions
+                try:
+                    conn = self._redis_connect()
+                    self._on_connected()
+                    self._redis_read(conn)
+                    self._on_disconnected(None, False)
+                except (redis.exceptions.RedisError, OSError, ValueError) as exc:
+                    by_server = self._sessions != sessions and _closed_by_server(exc)
+                    self._on_disconnected(exc, by_server)
+                finally:
+                    if conn is not None:
+                        conn.disconnect()
+                if self._sessions != sessions:
+                    attempt, was_good = 0, True
+                if self._stopping.is_set() or not self._backoff(attempt, was_good):
+                    break
+                attempt += 1
+        except Exception:  # pragma: no cover - a bug here must not pass silently
+            log.exception("Event reader crashed")
+        finally:
+            self._connected.clear()
+            self._reader_done.set()
+            self._wake.set()
+
+    def _redis_read(self, conn: redis.Connection) -> None:
+        put = self._put
+        stopping = self._stopping
+        split = self._split
+        batch_max = self.batch_max
+        monotonic = time.monotonic
+        inline: list[bytes] = []
+        last_reply = monotonic()
+        pinged = False
+        while not stopping.is_set():
+            try:
+                reply = conn.read_response(timeout=_READ_TIMEOUT, disconnect_on_error=False)
+            except redis.exceptions.TimeoutError:
+                if inline:
+                    self._process(inline)
+                    inline = []
+                idle = monotonic() - last_reply
+                if idle > 2 * _IDLE_PING:
+                    raise redis.exceptions.TimeoutError(
+                        f"no reply from the broker for {idle:.0f} s"
+                    ) from None
+                if idle > _IDLE_PING and not pinged:
+                    conn.send_command("PING")
+                    pinged = True
+                continue
+            last_reply = monotonic()
+            pinged = False
+            # pmessage: [kind, pattern, channel, data]; message: [kind, channel, data].
+            # Anything else (subscribe confirmations, PING's pong) only proves liveness.
+            if type(reply) is list and len(reply) >= 3 and reply[0] in (b"pmessage", b"message"):
+                data = reply[-1]
+                if not data:
+                    continue
+                if split:
+                    put(data, len(data))
+                else:
+                    inline.append(data)
+                    if len(inline) >= batch_max or not conn.can_read(0):
+                        self._process(inline)
+                        inline = []
+        if inline:
+            self._process(inline)
+
+    # -- kombu path (AMQP, and Redis without the fast path) ---------------------------
+    def _kombu_app(self) -> Celery:
+        if self._app is None:
+            from celery import Celery
+
+            self._app = Celery(
+                "celery-chatops-consumer",
+                broker=self.broker_url,
+                set_as_current=False,
+            )
+            self._app.conf.broker_transport_options = dict(self._transport_options)
+        return self._app
+
+    def _run_kombu(self) -> None:
+        attempt = 0
+        was_good = False
+        try:
+            app = self._kombu_app()
+            while not self._stopping.is_set():
+                conn: KombuConnection | None = None
+                sessions = self._sessions
+                try:
+                    conn = app.connection_for_read(
+                        self.broker_url,
+                        transport_options=dict(self._transport_options),
+                        connect_timeout=self._connect_timeout,
+                    )
+                    self._kombu_consume(app, conn)
+                    self._on_disconnected(None, False)
+                except Exception as exc:
+                    # Errors differ per transport (socket, amqp, redis-py); all mean "reconnect".
+                    by_server = self._sessions != sessions and _closed_by_server(exc)
+                    self._on_disconnected(exc, by_server)
+                finally:
+                    if conn is not None:
+                        try:
+                            conn.release()
+                        except Exception:
+                            log.debug("closing the event connection failed", exc_info=True)
+                if self._sessions != sessions:
+                    attempt, was_good = 0, True
+                if self._stopping.is_set() or not self._backoff(attempt, was_good):
+                    break
+                attempt += 1
+        except Exception:  # pragma: no cover
+            log.exception("Event reader crashed")
+        finally:
+            self._connected.clear()
+            self._reader_done.set()
+            self._wake.set()
+
+    def _kombu_consume(self, app: Celery, conn: KombuConnection) -> None:
+        from kombu import Consumer
+
+        # Fail fast: the reconnect policy (and its counting) is ours, not kombu's.
+        conn.ensure_connection(max_retries=1)
+        channel = conn.channel()
+        receiver = app.events.Receiver(channel, handlers={}, app=app)
+        from_message = receiver.event_from_message
+        put = self._put
+
+        def on_message(body: Any, message: Message) -> None:
+            # Celery's EventReceiver._receive, minus the crash on a body that is not events.
+            batch = body if isinstance(body, list) else [body]
+            for event in batch:
+                if not is_event(event):
+                    self._count_malformed("body is not an event object")
+                    continue
+                try:
+                    _, localized = from_message(event)
+                except (TypeError, ValueError, KeyError) as exc:
+                    self._count_malformed(f"bad event fields: {exc}")
+                    continue
+                put(localized, _DECODED_EVENT_COST)
+
+        def on_decode_error(message: Message, exc: Exception) -> None:
+            self._count_malformed(f"{type(exc).__name__}: {str(exc)[:200]}")
+
+        consumer = Consumer(
+            channel,
+            queues=[receiver.queue],
+            callbacks=[on_message],
+            no_ack=True,
+            accept=receiver.accept,
+            on_decode_error=on_decode_error,
+        )
+        with consumer:
+            self._on_connected()
+            next_beat = time.monotonic() + _AMQP_HEARTBEAT_CHECK
+            while not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):  # socket.timeout: idle
+                    conn.drain_events(timeout=_READ_TIMEOUT)
+                now = time.monotonic()
+                # Under a steady stream drain_events never times out, so AMQP heartbeats
+                # must be checked on the clock, not only when idle.
+                if now >= next_beat:
+                    conn.heartbeat_check()
+                    next_beat = now + _AMQP_HEARTBEAT_CHECK
+
+    # -- control broadcasts ----------------------------------------------------------
+    def _broadcast(self, name: str) -> Callable[[], None] | None:
+        given = self._heartbeat if name == "heartbeat" else self._enable_events
+        if given is not None:
+            return given
+        app = self._kombu_app()
+        if name == "heartbeat":
+            return lambda: app.control.broadcast("heartbeat")
+        return lambda: app.control.enable_events()
+
+    def _run_control(self) -> None:
+        interval = self.enable_events_interval
+        next_enable: float | None = None
+        failures: dict[str, str] = {}
+        while not self._stopping.is_set():
+            timeout = 1.0
+            if next_enable is not None:
+                timeout = max(0.0, min(timeout, next_enable - time.monotonic()))
+            kicked = self._kick.wait(timeout)
+            if self._stopping.is_set():
+                return
+            if kicked:
+                self._kick.clear()
+                self._call("heartbeat", failures)
+                if interval > 0:
+                    self._call("enable_events", failures)
+                    next_enable = time.monotonic() + interval
+            elif (
+                next_enable is not None
+                and time.monotonic() >= next_enable
+                and self._connected.is_set()
+            ):
+                self._call("enable_events", failures)
+                next_enable = time.monotonic() + interval
+
+    def _call(self, name: str, failures: dict[str, str]) -> None:
+        try:
+            fn = self._broadcast(name)
+            if fn is not None:
+                fn()
+            failures.pop(name, None)
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            # Log a failing broadcast once per distinct error, not every 30 s.
+            if failures.get(name) != text:
+                log.warning("Broadcast %s failed: %s", name, text)
+            failures[name] = text
+
+
+def _closed_by_server(exc: BaseException) -> bool:
+    """Did the broker end the connection (rather than the network failing or us closing)?"""
+    text = str(exc)
+    if _SERVER_CLOSED in text or "unexpectedly closed" in text.lower():
+        return True
+    name = type(exc).__name__
+    # RabbitMQ: an administrator's close or a shutdown (CONNECTION_FORCED, 320).
+    return name == "ConnectionForced"

@@ -1,0 +1,223 @@
+"""Celery events as they travel over Redis pub/sub: topics, kombu's envelope, localization.
+
+Kombu's Redis transport publishes every event message on a pub/sub channel
+``{global_keyprefix}{fanout_prefix}{exchange}/{routing_key}`` (``fanout_prefix`` is
+``/{db}.`` by default), as a JSON *envelope* whose ``body`` is the serialized event,
+base64-encoded when ``properties.body_encoding`` says so. A worker that buffers task events
+publishes a JSON *list* of events under the routing key ``task.multi``.
+
+This module decodes those messages into the dicts Celery's ``EventReceiver`` would hand to a
+handler (timestamps localized with ``utcoffset``, ``local_received`` and ``clock`` set), so the
+consumer can read the channel directly with redis-py instead of through kombu's generic
+virtual-transport machinery. It also encodes them (tests and ``bench/`` publish real wire
+messages with it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid as _uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from celery.utils.time import utcoffset
+from kombu.serialization import loads as kombu_loads
+from kombu.serialization import prepare_accept_content
+
+EVENT_EXCHANGE = "celeryev"
+JSON = "application/json"
+
+# Serializers that cannot run code while decoding. Pickle is never accepted, even if the
+# fleet's event_serializer is pickle: a message on a shared broker must not execute anything.
+SAFE_SERIALIZERS = frozenset({"json", "msgpack", "yaml"})
+
+# Celery's receiver pretends task-sent was stamped one tick before the monitor's clock,
+# because clients never synchronize their Lamport clock (celery.events.receiver).
+CLIENT_CLOCK_SKEW = -1
+
+
+class MalformedMessage(ValueError):
+    """A broker message that does not decode into Celery events."""
+
+
+def fanout_prefix(db: int, option: bool | str | None = True) -> str:
+    """Kombu's ``keyprefix_fanout`` for ``db`` under the ``fanout_prefix`` transport option."""
+    if option is None or option is True:
+        return f"/{db}."
+    if option is False or option == "":
+        return ""
+    return str(option).format(db=db)
+
+
+def publish_topic(
+    routing_key: str,
+    *,
+    db: int = 0,
+    global_keyprefix: str = "",
+    fanout_prefix_option: bool | str | None = True,
+    fanout_patterns: bool = True,
+    exchange: str = EVENT_EXCHANGE,
+) -> str:
+    """The channel kombu publishes an event with ``routing_key`` on (``_get_publish_topic``)."""
+    base = global_keyprefix + fanout_prefix(db, fanout_prefix_option) + exchange
+    if routing_key and fanout_patterns:
+        return f"{base}/{routing_key}"
+    return base
+
+
+def _glob_escape(text: str) -> str:
+    # PSUBSCRIBE patterns are globs: a key prefix such as "app[1]:" must match literally.
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def subscribe_topic(
+    *,
+    db: int = 0,
+    global_keyprefix: str = "",
+    fanout_prefix_option: bool | str | None = True,
+    fanout_patterns: bool = True,
+    exchange: str = EVENT_EXCHANGE,
+) -> tuple[str, bool]:
+    """``(topic, is_pattern)``: what an event receiver (routing key ``#``) listens on.
+
+    Kombu binds the receiver's queue with routing key ``#``, turns it into ``*`` and
+    PSUBSCRIBEs; without ``fanout_patterns`` every event goes to the bare exchange channel.
+    """
+    base = global_keyprefix + fanout_prefix(db, fanout_prefix_option) + exchange
+    if fanout_patterns:
+        return _glob_escape(base) + "/*", True
+    return base, False
+
+
+def accept_content(serializers: Iterable[str]) -> frozenset[str]:
+    """Content types to accept for the given serializer names, restricted to safe ones."""
+    names = {name for name in serializers if name in SAFE_SERIALIZERS} | {"json"}
+    return frozenset(prepare_accept_content(names))
+
+
+_DEFAULT_ACCEPT = accept_content(["json"])
+
+
+def decode_body(data: bytes | str, accept: frozenset[str] = _DEFAULT_ACCEPT) -> Any:
+    """The event payload of one kombu envelope: a dict, or a list of dicts for ``*.multi``.
+
+    Raises :class:`MalformedMessage` for anything that is not a well-formed envelope of an
+    accepted content type.
+    """
+    try:
+        envelope = json.loads(data)
+    except (ValueError, TypeError) as exc:
+        raise MalformedMessage(f"envelope is not JSON: {exc}") from None
+    if not isinstance(envelope, dict):
+        raise MalformedMessage("envelope is not a JSON object")
+    body = envelope.get("body")
+    content_type = envelope.get("content-type")
+    properties = envelope.get("properties")
+    body_encoding = properties.get("body_encoding") if isinstance(properties, dict) else None
+    if not isinstance(body, str):
+        raise MalformedMessage("envelope has no body")
+    raw: bytes | str = body
+    if body_encoding == "base64":
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise MalformedMessage("body is not valid base64") from None
+    elif body_encoding not in (None, ""):
+        raise MalformedMessage(f"unknown body encoding {str(body_encoding)[:40]!r}")
+    if content_type == JSON:
+        try:
+            return json.loads(raw)
+        except (ValueError, TypeError) as exc:
+            raise MalformedMessage(f"body is not JSON: {exc}") from None
+    if not isinstance(content_type, str) or content_type not in accept:
+        raise MalformedMessage(f"content type {str(content_type)[:60]!r} is not accepted")
+    try:
+        return kombu_loads(raw, content_type, envelope.get("content-encoding"), accept=accept)
+    except Exception as exc:  # any decoder error of a third-party serializer
+        raise MalformedMessage(f"cannot decode {content_type}: {exc}") from None
+
+
+class Localizer:
+    """Does to each event what ``celery.events.receiver.EventReceiver.event_from_message`` does.
+
+    It keeps its own Lamport clock (one reader thread owns it, so no lock), shifts
+    ``timestamp`` by ``utcoffset`` into this host's frame and stamps ``local_received``.
+    """
+
+    __slots__ = ("clock", "here")
+
+    def __init__(self) -> None:
+        self.clock = 0
+        self.here = float(utcoffset())
+
+    def refresh_offset(self) -> None:
+        """Re-read this host's UTC offset (called once per batch, not once per event)."""
+        self.here = float(utcoffset())
+
+    def localize(self, event: dict[str, Any], now: float) -> None:
+        if event.get("type") == "task-sent":
+            skewed = (self.clock or 1) + CLIENT_CLOCK_SKEW
+            event["clock"] = skewed
+            self.clock = max(self.clock, skewed) + 1
+        else:
+            clock = event.get("clock")
+            if isinstance(clock, int) and not isinstance(clock, bool):
+                self.clock = max(self.clock, clock) + 1
+            elif clock is None:
+                self.clock += 1
+                event["clock"] = self.clock
+        if "utcoffset" in event and "timestamp" in event:
+            offset = event["utcoffset"]
+            timestamp = event["timestamp"]
+            # Celery would raise on a non-numeric value; leave it for the store to judge.
+            if isinstance(offset, (int, float)) and isinstance(timestamp, (int, float)):
+                event["timestamp"] = timestamp - (offset - self.here) * 3600
+        event["local_received"] = now
+
+
+def is_event(item: object) -> bool:
+    """The minimal shape the receiver relies on: a mapping whose ``type`` is a string."""
+    return isinstance(item, dict) and isinstance(item.get("type"), str)
+
+
+def encode_message(
+    body: Mapping[str, Any] | Sequence[Any],
+    routing_key: str,
+    *,
+    hostname: str | None = None,
+    exchange: str = EVENT_EXCHANGE,
+    delivery_tag: str | None = None,
+) -> bytes:
+    """The bytes kombu's Redis transport PUBLISHes for one event (or a ``.multi`` list).
+
+    Same key order, separators and base64 body as ``Channel._put_fanout`` produces for
+    ``EventDispatcher`` with the JSON serializer, so what we consume in tests and benchmarks
+    is what a worker sends.
+    """
+    data = dict(body) if isinstance(body, Mapping) else list(body)
+    payload = json.dumps(data).encode("utf-8")
+    if hostname is None:
+        first = data[0] if isinstance(data, list) and data else data
+        host = first.get("hostname") if isinstance(first, Mapping) else None
+        hostname = host if isinstance(host, str) else ""
+    envelope = {
+        "body": base64.b64encode(payload).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": JSON,
+        "headers": {"hostname": hostname},
+        "properties": {
+            "delivery_mode": 1,
+            "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": delivery_tag or str(_uuid.uuid4()),
+        },
+    }
+    return json.dumps(envelope).encode("utf-8")
+
+
+def routing_key_for(event_type: str) -> str:
+    """``task-succeeded`` → ``task.succeeded``, as the dispatcher routes it."""
+    return event_type.replace("-", ".")
