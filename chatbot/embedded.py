@@ -72,11 +72,14 @@ def _quote(value: str) -> str:
 
 
 def _ping(port: int, timeout: float) -> bool:
-    """True if a Redis on 127.0.0.1:port answers PING. Raw RESP: no client library state."""
+    """True if a Redis on 127.0.0.1:port answers PING. Raw RESP: no client library state.
+
+    With ``requirepass`` set the answer is a NOAUTH error, which still proves it is serving.
+    """
     try:
         with socket.create_connection((LOCALHOST, port), timeout=timeout) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 

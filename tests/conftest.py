@@ -59,9 +59,10 @@ def redis_url(redis_server: EmbeddedRedis) -> str:
     return _fresh_db_url(redis_server)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def redis_url_factory(redis_server: EmbeddedRedis) -> Callable[[], str]:
-    """Another empty database per call, for a test that needs several (broker + state...)."""
+    """Another empty database per call: for a test that needs several (broker + state...), or
+    for a module-scoped fixture (e.g. one worker shared by a module's read-only tests)."""
     return lambda: _fresh_db_url(redis_server)
 
 
