@@ -23,7 +23,7 @@ from chatbot.control import (
     validate_signal,
 )
 from chatbot.testing import wait_until
-from chatbot.testing.worker import CeleryWorkerProcess
+from chatbot.testing.worker import CeleryWorkerProcess, WorkerStartError
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import ADD, HANG, make_app
 
@@ -431,3 +431,25 @@ def test_control_over_rabbitmq(
         assert quick.pool_grow(ghost).replies[ghost].status == "no_reply"
     finally:
         app.close()
+
+
+# -- the launcher itself -----------------------------------------------------------------------
+
+
+def test_worker_that_cannot_start_fails_with_its_log(redis_url: str, tmp_path: Path) -> None:
+    worker = CeleryWorkerProcess(
+        "tests.no_such_module",
+        redis_url,
+        hostname="broken@%h",
+        log_path=tmp_path / "broken.log",
+        cwd=REPO_ROOT,
+    )
+    assert "%h" not in worker.hostname and worker.hostname.startswith("broken@")
+    worker.start()
+    try:
+        with pytest.raises(WorkerStartError) as error:
+            worker.wait_ready(timeout=30)
+        assert "exited with" in str(error.value)
+        assert "no_such_module" in str(error.value)
+    finally:
+        worker.stop(timeout=5)

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from celery import Celery
-from celery.utils.nodenames import default_nodename
+from celery.utils.nodenames import default_nodename, host_format
 
 __all__ = ["CeleryWorkerProcess", "WorkerStartError"]
 
@@ -37,8 +37,9 @@ def _signal_group(pid: int, signum: int) -> None:
 class CeleryWorkerProcess:
     """One ``python -m celery -A <app_module> worker`` child process.
 
-    ``hostname`` is the node name (``name@host``; a bare ``name`` becomes ``celery@name`` as
-    Celery itself does), and :attr:`hostname` is exactly what the worker answers to.
+    ``hostname`` is the node name (``name@host``; a bare ``name`` becomes ``celery@name`` and
+    ``%h`` the machine's name, as Celery itself does), and :attr:`hostname` is exactly what the
+    worker answers to.
     ``broker_url`` is given to the child as ``CELERY_BROKER_URL`` (which Celery prefers over
     the app's own setting, so an inherited value can never point the worker elsewhere) and as
     ``broker_env`` for app modules that read their own variable.
@@ -72,7 +73,8 @@ class CeleryWorkerProcess:
             raise ValueError("a worker needs at least one queue")
         self.app_module = app_module
         self.broker_url = broker_url
-        self._hostname = default_nodename(hostname)
+        # Expanded here exactly as the worker will (%h, %n, %d), so pings find it by name.
+        self._hostname = host_format(default_nodename(hostname))
         self.queues = tuple(queues)
         self.concurrency = concurrency
         self.pool = pool
