@@ -154,3 +154,27 @@ class StreamHealth:
         clone = copy.copy(self)
         clone.events_by_type = dict(self.events_by_type)
         return clone
+
+
+# Flower's default runtime histogram buckets (prometheus_client's defaults), in seconds.
+RUNTIME_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)
+
+
+@dataclass(slots=True)
+class RuntimeHistogram:
+    """Cumulative-ready bucket counts (one per RUNTIME_BUCKETS bound, plus +Inf), sum, count."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(RUNTIME_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+
+@dataclass(slots=True)
+class FleetCounters:
+    """Counters behind /metrics, labelled as Flower labels them (bounded label sets)."""
+
+    events: dict[tuple[str, str, str], int] = field(default_factory=dict)  # worker, type, task
+    runtimes: dict[tuple[str, str], RuntimeHistogram] = field(default_factory=dict)  # worker, task
+    labels_dropped: int = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from chatbot.model import RuntimeStats, StreamHealth, Task, Worker
+from chatbot.model import FleetCounters, RuntimeStats, StreamHealth, Task, Worker
 
 
 @runtime_checkable
@@ -84,6 +84,10 @@ class FleetStore(Protocol):
     def get_worker(self, hostname: str) -> Worker | None: ...
 
     def health(self) -> StreamHealth: ...
+
+    def fleet_counters(self) -> FleetCounters:
+        """Event counts and runtime histograms as of now (copies), for /metrics."""
+        ...
 
     def __len__(self) -> int: ...
 

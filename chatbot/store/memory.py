@@ -25,6 +25,7 @@ import math
 import sys
 import threading
 import time
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,9 +40,12 @@ from chatbot.model import (
     REJECTED,
     RETRY,
     REVOKED,
+    RUNTIME_BUCKETS,
     STARTED,
     SUCCESS,
     TASK_STATES,
+    FleetCounters,
+    RuntimeHistogram,
     RuntimeStats,
     StreamHealth,
     Task,
@@ -75,6 +79,7 @@ _EVICTION_ORDER: tuple[tuple[str, ...], ...] = (
 )
 
 _MAX_EVENT_TYPES = 64  # distinct event type names counted; the rest count as "other"
+_MAX_LABEL_SETS = 20_000  # metric label combinations kept (worker x type x task name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +132,7 @@ class MemoryStore:
         self._runtimes: dict[str, deque[float]] = {}
         self._workers: dict[str, Worker] = {}
         self._health = StreamHealth()
+        self._counters = FleetCounters()
         # Write-through backends (redis://) drain what each batch changed.
         self._track = track_changes
         self._changed: set[str] = set()
@@ -256,6 +262,7 @@ class MemoryStore:
 
         if self._track:
             self._changed.add(uuid)
+        self._count_event(task, kind)
         if kind == "task-rejected" and event.get("requeue"):
             state = PENDING  # handed back to the queue: waiting again, not finished
         self._transition(task, state, ts, created)
@@ -294,6 +301,28 @@ class MemoryStore:
             self._record_failure(name, ts)
         elif new == SUCCESS and task.runtime is not None and task.name is not None:
             self._record_runtime(task.name, task.runtime)
+
+    def _count_event(self, task: Task, kind: str) -> None:
+        counters = self._counters
+        key = (task.worker or "", kind, task.name or "")
+        events = counters.events
+        if key in events:
+            events[key] += 1
+        elif len(events) < _MAX_LABEL_SETS:
+            events[key] = 1
+        else:
+            counters.labels_dropped += 1
+        if kind == "task-succeeded" and task.runtime is not None:
+            hist_key = (task.worker or "", task.name or "")
+            histogram = counters.runtimes.get(hist_key)
+            if histogram is None:
+                if len(counters.runtimes) >= _MAX_LABEL_SETS:
+                    counters.labels_dropped += 1
+                    return
+                histogram = counters.runtimes[hist_key] = RuntimeHistogram()
+            histogram.buckets[bisect_left(RUNTIME_BUCKETS, task.runtime)] += 1
+            histogram.total += task.runtime
+            histogram.count += 1
 
     # -- indexes and per-name statistics
     @staticmethod
@@ -648,6 +677,18 @@ class MemoryStore:
     def health(self) -> StreamHealth:
         with self._lock:
             return self._health.snapshot()
+
+    def fleet_counters(self) -> FleetCounters:
+        with self._lock:
+            counters = self._counters
+            return FleetCounters(
+                events=dict(counters.events),
+                runtimes={
+                    key: RuntimeHistogram(list(h.buckets), h.total, h.count)
+                    for key, h in counters.runtimes.items()
+                },
+                labels_dropped=counters.labels_dropped,
+            )
 
     def __len__(self) -> int:
         return len(self._tasks)
