@@ -175,9 +175,10 @@ class FleetControl:
     """Sends control commands to the workers of ``app``'s broker and collects the answers.
 
     ``on_broadcast(command, arguments)`` is called once for every broadcast handed to the
-    broker (after validation, right before publishing; also when the broker then fails), so
-    callers can count or audit what really went out. Thread-safe: each call uses its own
-    broker connection.
+    broker: after validation and after the connection is up, right before publishing. A call
+    refused by validation or by an unreachable broker is not counted; a publish that fails
+    after that point still is (it may have gone out). An exception in the hook is logged and
+    does not stop the command. Thread-safe: each call uses its own broker connection.
     """
 
     def __init__(
