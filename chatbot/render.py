@@ -172,7 +172,7 @@ def duration(seconds: float | None) -> str:
         return f"{value * 1000:.0f}ms"
     if value < 10:
         return f"{value:.1f}s"
-    whole = int(value)
+    whole = round(value)  # 59.99s is "1m", as the "ago" next to it would say
     if whole < 60:
         return f"{whole}s"
     if whole < 3600:

@@ -1,0 +1,45 @@
+"""Transport-free `/celery` commands: parse, run, return a :class:`~chatbot.render.Message`.
+
+Faces (Slack, console) build one :class:`Dispatcher` over :func:`build_registry` and a
+:class:`CommandContext` per invocation; later issues add commands with ``registry.register``.
+"""
+
+from __future__ import annotations
+
+from chatbot.commands.context import (
+    CommandContext,
+    FleetInspector,
+    InspectResult,
+    QueueLengthInfo,
+    QueueReader,
+    WorkerReplyInfo,
+)
+from chatbot.commands.parser import ArgSpec, Flag, ParsedArgs, Positional, UsageError
+from chatbot.commands.readonly import register_readonly
+from chatbot.commands.registry import CommandSpec, Dispatcher, Handler, Prepared, Registry
+
+
+def build_registry() -> Registry:
+    """A registry with the read-only commands; control, alerts and mute are added by others."""
+    return register_readonly(Registry())
+
+
+__all__ = [
+    "ArgSpec",
+    "CommandContext",
+    "CommandSpec",
+    "Dispatcher",
+    "Flag",
+    "FleetInspector",
+    "Handler",
+    "InspectResult",
+    "ParsedArgs",
+    "Positional",
+    "Prepared",
+    "QueueLengthInfo",
+    "QueueReader",
+    "Registry",
+    "UsageError",
+    "WorkerReplyInfo",
+    "build_registry",
+]

@@ -1,0 +1,119 @@
+"""What a command handler gets: the store, the broker and control seen through narrow Protocols.
+
+The Protocols describe only what the commands use of ``chatbot.broker.BrokerReader`` and
+``chatbot.control.FleetControl``. Commands never import those classes (structural typing), so
+the real ones and a recorded test double are interchangeable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from chatbot.config import Settings
+from chatbot.model import StreamHealth
+from chatbot.render import Renderer
+from chatbot.store import FleetStore
+
+
+class QueueLengthInfo(Protocol):
+    """One queue's length; ``messages`` is None when it could not be read (never guess 0)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def messages(self) -> int | None: ...
+
+    @property
+    def consumers(self) -> int | None: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def exists(self) -> bool | None:
+        """False: the broker says there is no such queue (RabbitMQ); None: cannot tell."""
+        ...
+
+
+class QueueReader(Protocol):
+    """The part of ``BrokerReader`` the commands use."""
+
+    @property
+    def broker_name(self) -> str: ...
+
+    def queue_lengths(self, names: Sequence[str]) -> Sequence[QueueLengthInfo]: ...
+
+
+class WorkerReplyInfo(Protocol):
+    """One worker's answer; ``status`` is ``ok``, ``error`` or ``no_reply``."""
+
+    @property
+    def worker(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def value(self) -> Any: ...
+
+    @property
+    def message(self) -> str: ...
+
+
+class InspectResult(Protocol):
+    @property
+    def command(self) -> str: ...
+
+    @property
+    def replies(self) -> Mapping[str, WorkerReplyInfo]: ...
+
+    @property
+    def error(self) -> str | None:
+        """Set when the broker could not be reached: then nothing is known about the workers."""
+        ...
+
+
+class FleetInspector(Protocol):
+    """The part of ``FleetControl`` the read-only commands use."""
+
+    def inspect(
+        self, method: str, worker: str | None = None, expected: Sequence[str] = (), **kw: Any
+    ) -> InspectResult: ...
+
+
+@dataclass(frozen=True)
+class CommandContext:
+    """Everything a handler may use; built per invocation by the face (Slack or console)."""
+
+    store: FleetStore
+    settings: Settings
+    renderer: Renderer
+    broker: QueueReader | None = None
+    control: FleetInspector | None = None
+    user_id: str = ""
+    channel_id: str = ""
+    clock: Callable[[], float] = field(default=time.time)
+    # Interactive confirmation for faces that have one (the console); None in Slack, where
+    # confirmation is an approval message instead.
+    confirm: Callable[[str], bool] | None = None
+    # The full stream health: the store knows freshness, only the consumer knows connection
+    # and event loss, e.g. ``lambda: consumer.health_into(store.health())``.
+    health: Callable[[], StreamHealth] | None = None
+
+    def stream_health(self) -> StreamHealth:
+        return self.health() if self.health is not None else self.store.health()
+
+
+if TYPE_CHECKING:
+    # mypy proves the real classes satisfy the Protocols (no runtime import, no cycle).
+    from chatbot.broker import BrokerReader
+    from chatbot.control import FleetControl
+
+    def _conforms(broker: BrokerReader, control: FleetControl) -> None:
+        reader: QueueReader = broker
+        inspector: FleetInspector = control
+        del reader, inspector
