@@ -696,6 +696,20 @@ def test_tasks_query(dispatcher: Dispatcher, ctx: CommandContext) -> None:
     )
 
 
+def test_a_blind_bot_never_claims_all_clear(renderer: Renderer, dispatcher: Dispatcher) -> None:
+    empty = make_ctx(MemoryStore(clock=lambda: NOW), renderer)
+    for text in ("failed", "active", "stuck", "tasks", "status"):
+        answer = shown(run(dispatcher, empty, text))
+        assert "No events received yet: this picture may be stale" in answer, text
+        assert "enable_events" in answer and "-E" in answer, text
+    assert first_line(run(dispatcher, empty, "tasks")) == (
+        "No tasks retained yet (no events received yet)."
+    )
+    workers = shown(run(dispatcher, empty, "workers"))
+    assert workers.startswith("No workers seen yet (no events received yet).")
+    assert workers.count("enable_events") == 1  # said once, not twice
+
+
 def test_hostile_names_everywhere_stay_inert(renderer: Renderer, dispatcher: Dispatcher) -> None:
     store = MemoryStore(clock=lambda: NOW)
     evil_worker = "<!channel>@`host`"
