@@ -484,3 +484,30 @@ def test_a_store_warmed_from_records_answers_like_the_original() -> None:
     )
     assert warmed.runtime_stats("proj.t1") == original.runtime_stats("proj.t1")
     assert warmed.failure_counts(3600, T0 + 40) == original.failure_counts(3600, T0 + 40)
+
+
+def test_a_late_old_failure_does_not_hide_newer_ones_from_window_queries() -> None:
+    store = MemoryStore()
+    newer = [run_task(store, T0 + 1000 + i, outcome="fail", name="proj.f") for i in range(3)]
+    old = run_task(store, T0 - 7200, outcome="fail", name="proj.f")  # arrives last, 2 h old
+    now = T0 + 1100
+    recent = store.recent_failures("proj.f", window=600, now=now)
+    assert [t.uuid for t in recent] == list(reversed(newer))
+    assert [t.uuid for t in store.recent_failures(None, window=600, now=now)] == [
+        t.uuid for t in recent
+    ]
+    assert store.failure_counts(window=600, now=now) == {"proj.f": 3}
+    listed = store.tasks(state=FAILURE, since=now - 600)
+    assert {t.uuid for t in listed} == set(newer)
+    assert store.tasks(state=FAILURE, name="proj.f", limit=10)[-1].uuid == old
+    assert store.count_tasks(state=FAILURE, name="proj.f") == 4
+
+
+def test_a_failure_that_later_succeeds_leaves_the_failure_indexes() -> None:
+    store = MemoryStore()
+    uuid = new_id()
+    store.apply([received(uuid, T0), failed(uuid, T0 + 1), succeeded(uuid, T0 + 2)])
+    assert store.get_task(uuid).state == SUCCESS  # type: ignore[union-attr]
+    assert store.tasks(state=FAILURE) == []
+    assert store.recent_failures(None, window=60, now=T0 + 10) == []
+    assert store.count_tasks(state=FAILURE, name="proj.add") == 0

@@ -25,7 +25,7 @@ import math
 import sys
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,6 +79,7 @@ _EVICTION_ORDER: tuple[tuple[str, ...], ...] = (
 )
 
 _MAX_EVENT_TYPES = 64  # distinct event type names counted; the rest count as "other"
+_MAX_FAILURE_TIMES = 100_000  # failure times kept per name for the spike window
 _MAX_LABEL_SETS = 20_000  # metric label combinations kept (worker x type x task name)
 
 
@@ -125,10 +126,13 @@ class MemoryStore:
         self._by_state: dict[str, OrderedDict[str, None]] = {s: OrderedDict() for s in TASK_STATES}
         self._by_name: dict[str, dict[str, None]] = {}
         self._by_worker: dict[str, dict[str, None]] = {}
-        self._failed_by_name: dict[str, dict[str, None]] = {}
+        # Retained failures sorted by failure time, per name ("?" until a name is known) and
+        # overall: a late-arriving old failure must not hide newer ones from a window query.
+        self._failed_by_name: dict[str, list[tuple[float, str]]] = {}
+        self._failed_by_time: list[tuple[float, str]] = []
         # Per task name, most recently seen last: failure times and recent runtimes.
         self._name_seen: OrderedDict[str, None] = OrderedDict()
-        self._failure_times: dict[str, deque[float]] = {}
+        self._failure_times: dict[str, list[float]] = {}  # sorted; kept after eviction
         self._runtimes: dict[str, deque[float]] = {}
         self._workers: dict[str, Worker] = {}
         self._health = StreamHealth()
@@ -202,8 +206,8 @@ class MemoryStore:
             self._index(self._by_name, task.name, uuid)
             self._touch_name(task.name)
             if task.state == FAILURE:  # the failure arrived before the event naming the task
-                self._unindex(self._failed_by_name, "?", uuid)
-                self._index(self._failed_by_name, task.name, uuid)
+                self._drop_failure("?", task)
+                self._add_failure(task.name, task)
         hostname = event.get("hostname")
         if hostname and kind != "task-sent" and task.worker != hostname:
             if task.worker is not None:
@@ -285,6 +289,8 @@ class MemoryStore:
             _OPEN_RANK[current],
         ):
             return  # a late event from before the current state
+        if current == FAILURE:
+            self._drop_failure(task.name or "?", task)  # before ``finished`` changes
         del self._by_state[current][task.uuid]
         self._by_state[new][task.uuid] = None
         task.state = new
@@ -293,11 +299,9 @@ class MemoryStore:
             task.finished = ts
             if task.runtime is None and task.started is not None and new == FAILURE:
                 task.runtime = max(0.0, ts - task.started)
-        if current == FAILURE:
-            self._unindex(self._failed_by_name, task.name or "?", task.uuid)
         if new == FAILURE:
             name = task.name or "?"
-            self._index(self._failed_by_name, name, task.uuid)
+            self._add_failure(name, task)
             self._record_failure(name, ts)
         elif new == SUCCESS and task.runtime is not None and task.name is not None:
             self._record_runtime(task.name, task.runtime)
@@ -352,14 +356,31 @@ class MemoryStore:
             self._failure_times.pop(stale, None)
             self._runtimes.pop(stale, None)
 
+    def _add_failure(self, name: str, task: Task) -> None:
+        entry = (task.finished if task.finished is not None else task.state_ts, task.uuid)
+        insort(self._failed_by_name.setdefault(name, []), entry)
+        insort(self._failed_by_time, entry)
+
+    def _drop_failure(self, name: str, task: Task) -> None:
+        entry = (task.finished if task.finished is not None else task.state_ts, task.uuid)
+        for entries in (self._failed_by_name.get(name), self._failed_by_time):
+            if entries is None:
+                continue
+            at = bisect_left(entries, entry)
+            if at < len(entries) and entries[at] == entry:
+                del entries[at]
+        if not self._failed_by_name.get(name, True):
+            del self._failed_by_name[name]
+
     def _record_failure(self, name: str, ts: float) -> None:
         times = self._failure_times.get(name)
         if times is None:
-            times = self._failure_times[name] = deque(maxlen=100_000)
-        times.append(ts)
-        horizon = ts - self._failure_horizon
-        while times and times[0] < horizon:
-            times.popleft()
+            times = self._failure_times[name] = []
+        insort(times, ts)
+        horizon = times[-1] - self._failure_horizon
+        if times[0] < horizon or len(times) > _MAX_FAILURE_TIMES:
+            keep_from = max(bisect_left(times, horizon), len(times) - _MAX_FAILURE_TIMES)
+            del times[:keep_from]
 
     def _record_runtime(self, name: str, runtime: float) -> None:
         samples = self._runtimes.get(name)
@@ -398,7 +419,7 @@ class MemoryStore:
         if task.worker is not None:
             self._unindex(self._by_worker, task.worker, uuid)
         if task.state == FAILURE:
-            self._unindex(self._failed_by_name, task.name or "?", uuid)
+            self._drop_failure(task.name or "?", task)
 
     # -- workers
     def _apply_worker_event(self, kind: str, event: Mapping[str, Any], local: float) -> bool:
@@ -507,7 +528,7 @@ class MemoryStore:
                     task.worker = _intern(task.worker)
                     self._index(self._by_worker, task.worker, task.uuid)
                 if task.state == FAILURE:
-                    self._index(self._failed_by_name, task.name or "?", task.uuid)
+                    self._add_failure(task.name or "?", task)
                     self._record_failure(task.name or "?", task.finished or task.state_ts)
                 elif task.state == SUCCESS and task.runtime is not None and task.name:
                     self._record_runtime(task.name, task.runtime)
@@ -559,19 +580,24 @@ class MemoryStore:
         self, state: str | None, name: str | None, worker: str | None, since: float | None
     ) -> Iterable[Task]:
         """Matching tasks, newest entry first, from the smallest index that applies."""
-        candidates: list[dict[str, Any]] = []
-        if state is not None:
-            candidates.append(self._by_state.get(state, {}))
-        if name is not None:
-            if state == FAILURE:
-                candidates.append(self._failed_by_name.get(name, {}))
-            candidates.append(self._by_name.get(name, {}))
-        if worker is not None:
-            candidates.append(self._by_worker.get(worker, {}))
-        # Without a filter, newest created first: close enough to "newest activity" for a
-        # listing whose page is re-sorted by the caller.
-        smallest: dict[str, Any] = min(candidates, key=len) if candidates else self._tasks
-        ordered: Iterable[str] = reversed(smallest)
+        ordered: Iterable[str]
+        if state == FAILURE:
+            # Failures have an exact time order: newest first, stop at ``since``.
+            failed = self._failed_by_time if name is None else self._failed_by_name.get(name, [])
+            start = 0 if since is None else bisect_left(failed, (since, ""))
+            ordered = (uuid for _, uuid in reversed(failed[start:]))
+        else:
+            candidates: list[dict[str, Any]] = []
+            if state is not None:
+                candidates.append(self._by_state.get(state, {}))
+            if name is not None:
+                candidates.append(self._by_name.get(name, {}))
+            if worker is not None:
+                candidates.append(self._by_worker.get(worker, {}))
+            # Without a filter, newest created first: close enough to "newest activity" for
+            # a listing whose page is re-sorted by the caller.
+            smallest: dict[str, Any] = min(candidates, key=len) if candidates else self._tasks
+            ordered = reversed(smallest)
         tasks = self._tasks
         for uuid in ordered:
             task = tasks[uuid]
@@ -581,9 +607,6 @@ class MemoryStore:
                 continue
             if worker is not None and task.worker != worker:
                 continue
-            if since is not None and state is not None and task.state_ts < since:
-                # The state index is ordered by entry into the state: older ones follow.
-                return
             yield task
 
     def count_tasks(
@@ -593,7 +616,7 @@ class MemoryStore:
             if name is None and worker is None:
                 return len(self._tasks) if state is None else len(self._by_state.get(state, {}))
             if state == FAILURE and name is not None and worker is None:
-                return len(self._failed_by_name.get(name, {}))
+                return len(self._failed_by_name.get(name, []))
             if state is None and worker is None and name is not None:
                 return len(self._by_name.get(name, {}))
             if state is None and name is None and worker is not None:
@@ -616,11 +639,7 @@ class MemoryStore:
         counts: dict[str, int] = {}
         with self._lock:
             for name, times in self._failure_times.items():
-                count = 0
-                for ts in reversed(times):
-                    if ts < cutoff:
-                        break
-                    count += 1
+                count = len(times) - bisect_left(times, cutoff)
                 if count:
                     counts[name] = count
         return counts
@@ -628,17 +647,10 @@ class MemoryStore:
     def recent_failures(self, name: str | None, window: float, now: float) -> list[Task]:
         cutoff = now - window
         with self._lock:
-            index: dict[str, None] = (
-                self._by_state[FAILURE] if name is None else self._failed_by_name.get(name, {})
-            )
-            found: list[Task] = []
+            failed = self._failed_by_time if name is None else self._failed_by_name.get(name, [])
+            start = bisect_left(failed, (cutoff, ""))
             tasks = self._tasks
-            for uuid in reversed(index):
-                task = tasks[uuid]
-                if task.finished is not None and task.finished < cutoff:
-                    break
-                found.append(task.snapshot())
-        return found
+            return [tasks[uuid].snapshot() for _, uuid in reversed(failed[start:])]
 
     def runtime_stats(self, name: str) -> RuntimeStats | None:
         with self._lock:
