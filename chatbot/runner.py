@@ -1,0 +1,96 @@
+"""Running the bot: the startup banner, the console face, and (in HTTP or Socket Mode) Slack."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import TextIO
+
+from chatbot.config import Settings, redact_url
+from chatbot.console import BANNER, Console
+from chatbot.render import Message
+from chatbot.service import Service
+
+logger = logging.getLogger("chatbot")
+
+CONSOLE_USER = "console"
+CONNECT_WAIT_SECONDS = 5.0
+
+
+def log_banner(settings: Settings, mode: str) -> None:
+    """One line that says what this process is about to do, without secrets."""
+    logger.info(
+        "celery-chatops starting",
+        extra={
+            "mode": mode,
+            "broker": redact_url(settings.broker_url),
+            "state": redact_url(settings.state_url),
+            "alert_channel": settings.alert_channel or "(alerts off)",
+            "audit_channel": settings.audit_channel or "(none)",
+            "operators": len(settings.operators),
+            "max_tasks": settings.max_tasks,
+        },
+    )
+
+
+def console_runner(
+    service: Service,
+    user_id: str = CONSOLE_USER,
+    confirm: Callable[[str], bool] | None = None,
+) -> Callable[[str], Message]:
+    """Commands typed in a terminal; ``confirm`` is the terminal's yes/no prompt (approvals)."""
+
+    def run_command(text: str) -> Message:
+        return service.dispatcher.run(text, service.context(user_id=user_id, confirm=confirm))
+
+    return run_command
+
+
+def _not_wired(_text: str) -> Message:
+    raise RuntimeError("the console's commands are wired right after it is built")
+
+
+def make_console(
+    service: Service, stdin: TextIO, stdout: TextIO, banner: str | None = BANNER
+) -> Console:
+    """A console whose commands can ask its own yes/no prompt (e.g. to approve a revoke)."""
+    console = Console(_not_wired, stdin, stdout, banner=banner)
+    # The runner needs the console's prompt and the console needs the runner: tie the knot.
+    console.run_command = console_runner(service, confirm=console.confirm)
+    return console
+
+
+def run_console(settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
+    """``celery-chatops console``: the /celery commands in a terminal against a live fleet."""
+    log_banner(settings, "console")
+    service = Service(settings)
+    service.start()
+    try:
+        if service.consumer is not None and not service.consumer.wait_connected(
+            CONNECT_WAIT_SECONDS
+        ):
+            stdout.write(
+                "Not connected to the broker yet; answers may be empty until events arrive"
+                f" ({redact_url(settings.broker_url)}).\n"
+            )
+        return make_console(service, stdin, stdout).run()
+    finally:
+        service.stop()
+
+
+def wait_for_shutdown_signal() -> None:
+    """Block until SIGTERM or SIGINT (Ctrl-C)."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        logger.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
