@@ -44,10 +44,10 @@ SNAPSHOT_FORMAT = "celery-chatops/snapshot"
 SNAPSHOT_VERSION = 1
 
 # -- codec -------------------------------------------------------------------------------------
-TASK_FIELDS: tuple[str, ...] = tuple(Task.__slots__)  # type: ignore[attr-defined]
+TASK_FIELDS: tuple[str, ...] = tuple(Task.__slots__)
 _TASK_FIELD_SET = frozenset(TASK_FIELDS)
 _TASK_DEFAULTS: dict[str, Any] = {name: getattr(Task(uuid=""), name) for name in TASK_FIELDS}
-WORKER_FIELDS: tuple[str, ...] = tuple(Worker.__slots__)  # type: ignore[attr-defined]
+WORKER_FIELDS: tuple[str, ...] = tuple(Worker.__slots__)
 _WORKER_FIELD_SET = frozenset(WORKER_FIELDS)
 _WORKER_DEFAULTS: dict[str, Any] = {
     name: getattr(Worker(hostname=""), name) for name in WORKER_FIELDS
