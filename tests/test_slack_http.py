@@ -9,6 +9,8 @@ bodies are validated here with the same checks.
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +45,7 @@ from chatbot.testing.slack_payloads import (
     JSON,
     SignedResponse,
     block_action,
+    event_callback,
     post_signed,
     signed_headers,
     slash_command,
@@ -491,3 +494,47 @@ def test_the_answer_waits_for_its_ack(stack: Stack, monkeypatch: pytest.MonkeyPa
     assert stack.app.dispatch(request).status == 200
     run_after_response(request.context)
     stack.later("held")
+
+
+def test_events_the_app_does_not_use_still_get_a_200(stack: Stack) -> None:
+    # A 404 would make Slack retry, and disable a subscription that keeps failing.
+    mention = event_callback(
+        {"type": "app_mention", "user": USER, "text": "<@U0CHATBOT1> hi", "channel": CHANNEL}
+    )
+    resp = post_signed(stack.events_url, mention, signing_secret=SECRET, content_type=JSON)
+    assert resp.status == 200
+
+
+def test_stop_lets_a_request_in_progress_finish(stack: Stack) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_health() -> dict[str, Any]:
+        entered.set()
+        release.wait(30)
+        return {"ok": True}
+
+    server = HttpServer(None, stack.fleet.service, "127.0.0.1", 0, health=slow_health).start()
+    url = server.url + "/healthz"
+    with ThreadPoolExecutor(2) as pool:
+        answer = pool.submit(get, url)
+        assert entered.wait(30)
+        port = server.port
+        stopping = pool.submit(server.stop)
+        # No new connections any more, while the one in progress is still being served.
+        wait_until(lambda: not _accepts(port), timeout=30, what="the listener to close")
+        assert not answer.done()
+        release.set()
+        status, _, body = answer.result(timeout=30)
+        stopping.result(timeout=30)
+    assert status == 200
+    assert json.loads(body) == {"ok": True}
+    with pytest.raises(urllib.error.URLError):
+        _opener.open(url, timeout=5)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            return True
+    except OSError:
+        return False

@@ -71,7 +71,7 @@ class RateLimitRetryHandler(RetryHandler):
         wait = retry_after_seconds(response)
         if wait > self.max_wait:
             log.warning(
-                "Slack rate limit: Retry-After %.0fs exceeds %.0fs; not retrying %s",
+                "Slack rate limit: Retry-After %gs exceeds %gs; not retrying %s",
                 wait,
                 self.max_wait,
                 request.url,
