@@ -538,3 +538,29 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_slow_commands_are_refused_at_once_when_too_many_are_pending(stack: Stack) -> None:
+    metrics = SlackMetrics()
+    with ThreadPoolExecutor(2) as executor:
+        app = build_app(
+            stack.fleet.service,
+            client=make_web_client(BOT_TOKEN, stack.api.url),
+            signing_secret=SECRET,
+            executor=executor,
+            metrics=metrics,
+            max_pending=0,
+        )
+        body = slash_command(
+            "workers", user_id=USER, channel_id=CHANNEL, response_url=stack.api.response_url("busy")
+        )
+        response = app.dispatch(
+            BoltRequest(
+                body=body.decode(),
+                headers=signed_headers(body, signing_secret=SECRET, content_type=FORM),
+            )
+        )
+    assert response.status == 200
+    assert "try again" in json.loads(response.body)["text"]
+    assert "chatops_slack_busy_refusals_total 1" in metrics.text()
+    assert stack.api.responses("busy") == []
