@@ -585,7 +585,8 @@ class Fleet:
         task_id: str = self.app.send_task(HANG, args=(300,)).id
         wait_until(lambda: task_id in self.active_ids(), timeout=30, what="the hang task to run")
         wait_until(
-            lambda: (t := self.store.get_task(task_id)) is not None and t.state == STARTED,
+            # By the started time, not the state: a late task-sent may still say PENDING.
+            lambda: (t := self.store.get_task(task_id)) is not None and t.started is not None,
             timeout=30,
             what="task-started in the store",
         )
