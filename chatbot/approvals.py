@@ -51,6 +51,7 @@ __all__ = [
     "PermissionDenied",
     "ReplySummary",
     "RevokeConfirmation",
+    "StateStoreUnavailable",
     "TaskPreview",
     "approval_id_of",
 ]
@@ -105,6 +106,10 @@ _ID = re.compile(r"^[0-9a-f]{32}$")
 
 class PermissionDenied(Exception):
     """The requester may not ask for control actions; ``str()`` is the reason for them."""
+
+
+class StateStoreUnavailable(RuntimeError):
+    """The RecordStore could not be read or written (e.g. Redis is down); one line."""
 
 
 class ControlPort(Protocol):
@@ -551,7 +556,8 @@ class DecisionOutcome:
     ``result``: ``approved`` (this click ran the action), ``denied`` (denied or cancelled),
     ``refused`` (this clicker may not; the request stays open), ``expired`` (too late; it is
     now marked expired), ``already_decided`` (someone decided first; nothing ran),
-    ``unknown`` (no such request any more).
+    ``unknown`` (no such request any more), ``unavailable`` (the state store could not be
+    reached before anything ran; nothing was sent, the click may be retried).
     ``notice`` is one line for the clicker alone (ephemeral). ``card`` is the message that
     replaces the request in place, or None to leave it as it is.
     """
@@ -681,7 +687,9 @@ class ApprovalService:
         )
         # The record outlives the request: a late click can still be told what happened.
         ttl = self.settings.approval_ttl + self.retention
-        if not self.records.create(APPROVAL_RECORD_KIND, approval.id, approval.as_record(), ttl):
+        if not self._records(
+            "create", APPROVAL_RECORD_KIND, approval.id, approval.as_record(), ttl
+        ):
             raise RuntimeError("approval id collision")  # 128 random bits: never in practice
         self._audit("request", requester, action.kind, "pending", approval)
         return approval
@@ -701,7 +709,9 @@ class ApprovalService:
             decided_by=requester,
             decided_at=now,
         )
-        self.records.create(APPROVAL_RECORD_KIND, approval.id, approval.as_record(), self.retention)
+        self._records(
+            "create", APPROVAL_RECORD_KIND, approval.id, approval.as_record(), self.retention
+        )
         self._audit(
             "request",
             requester,
@@ -715,6 +725,23 @@ class ApprovalService:
     # -- deciding -------------------------------------------------------------------------
     def decide(self, approval_id: str, user_id: str, approve: bool) -> DecisionOutcome:
         """Handle a click on Approve (``approve=True``) or Deny by ``user_id``."""
+        try:
+            return self._decide(approval_id, user_id, approve)
+        except StateStoreUnavailable as exc:
+            # Raised only before the gate was passed (the execution path stores its outcome
+            # defensively), so nothing ran: safe to say so and let the person click again.
+            self._audit(
+                "decision",
+                user_id,
+                "",
+                "unavailable",
+                None,
+                approval_id=str(approval_id)[:64],
+                reason=str(exc),
+            )
+            return DecisionOutcome("unavailable", f"Nothing done: {exc}. Try again in a moment.")
+
+    def _decide(self, approval_id: str, user_id: str, approve: bool) -> DecisionOutcome:
         verb = "approve" if approve else "deny"
         approval = self.get(approval_id)
         if approval is None:
@@ -748,7 +775,8 @@ class ApprovalService:
             return DecisionOutcome("refused", refusal + " The request stays open.", approval)
 
         status = APPROVED if approve else DENIED
-        won = self.records.transition(
+        won = self._records(
+            "transition",
             APPROVAL_RECORD_KIND,
             approval.id,
             "status",
@@ -817,7 +845,8 @@ class ApprovalService:
         return DecisionOutcome("expired", notice, expired, self.card(expired))
 
     def _mark_expired(self, approval: Approval, who: str, now: float) -> Approval | None:
-        won = self.records.transition(
+        won = self._records(
+            "transition",
             APPROVAL_RECORD_KIND,
             approval.id,
             "status",
@@ -845,7 +874,7 @@ class ApprovalService:
         """
         now = self.clock()
         expired: list[Approval] = []
-        for data in self.records.list(APPROVAL_RECORD_KIND):
+        for data in self._records("list", APPROVAL_RECORD_KIND):
             try:
                 approval = Approval.from_record(data)
             except (KeyError, TypeError, ValueError):
@@ -871,9 +900,9 @@ class ApprovalService:
         updates: dict[str, Any] = {"outcome": outcome.as_dict()}
         if action.kind == "revoke" and outcome.error is None:
             updates["confirmation"] = RevokeConfirmation("checking").as_dict()
-        stored = self.records.transition(
-            APPROVAL_RECORD_KIND, approval.id, "status", approval.status, updates
-        )
+        # The action has run: failing to store its outcome must not turn into an error that
+        # reads as "nothing happened". The card still shows it; the audit line records it.
+        stored = self._store_quietly(approval, updates)
         done = (
             Approval.from_record(stored)
             if stored is not None
@@ -966,13 +995,7 @@ class ApprovalService:
         else:
             status = "partial" if confirmation.revoked else "unconfirmed"
         confirmation = replace(confirmation, status=status, checked_at=self.clock())
-        stored = self.records.transition(
-            APPROVAL_RECORD_KIND,
-            approval.id,
-            "status",
-            approval.status,
-            {"confirmation": confirmation.as_dict()},
-        )
+        stored = self._store_quietly(approval, {"confirmation": confirmation.as_dict()})
         done = (
             Approval.from_record(stored) if stored else replace(approval, confirmation=confirmation)
         )
@@ -1025,7 +1048,7 @@ class ApprovalService:
     def get(self, approval_id: str) -> Approval | None:
         if not isinstance(approval_id, str) or not _ID.match(approval_id):
             return None  # button values are data from the client: check before using as a key
-        data = self.records.get(APPROVAL_RECORD_KIND, approval_id)
+        data = self._records("get", APPROVAL_RECORD_KIND, approval_id)
         if data is None:
             return None
         try:
@@ -1041,7 +1064,8 @@ class ApprovalService:
             return None
         # "id equals itself" is a gate that only requires the record to exist: an update must
         # not resurrect a request that expired out of the store in the meantime.
-        stored = self.records.transition(
+        stored = self._records(
+            "transition",
             APPROVAL_RECORD_KIND,
             approval_id,
             "id",
@@ -1082,6 +1106,30 @@ class ApprovalService:
         )
 
     # -- internals ------------------------------------------------------------------------
+    def _records(self, method: str, *args: Any) -> Any:
+        """``self.records.<method>(*args)``, any failure turned into StateStoreUnavailable."""
+        try:
+            return getattr(self.records, method)(*args)
+        except Exception as exc:
+            logger.warning("approval state store: %s failed", method, exc_info=True)
+            detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise StateStoreUnavailable(
+                "the approval state store is unreachable"
+                + (f" ({type(exc).__name__}: {detail})" if detail else f" ({type(exc).__name__})")
+            ) from exc
+
+    def _store_quietly(
+        self, approval: Approval, updates: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge ``updates`` into a decided record; None (logged) if that cannot be done."""
+        try:
+            stored: dict[str, Any] | None = self._records(
+                "transition", APPROVAL_RECORD_KIND, approval.id, "status", approval.status, updates
+            )
+        except StateStoreUnavailable:
+            return None
+        return stored
+
     def _require_operator(self, action: ControlAction, requester: str, channel: str) -> None:
         decision = self.authorize_request(
             requester, command=action.kind, channel=channel, targets=action.targets

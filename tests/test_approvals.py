@@ -25,6 +25,7 @@ from chatbot.approvals import (
     ApprovalService,
     ControlAction,
     PermissionDenied,
+    StateStoreUnavailable,
     approval_id_of,
 )
 from chatbot.audit import AUDIT_LOGGER, AuditLog
@@ -36,6 +37,7 @@ from chatbot.model import REVOKED, STARTED
 from chatbot.render import BUTTON_VALUE_MAX, Message
 from chatbot.store.memory import MemoryStore
 from chatbot.store.records import MemoryRecordStore
+from chatbot.store.redis import RedisRecordStore
 from chatbot.testing import wait_until
 from chatbot.testing.worker import CeleryWorkerProcess
 from tests.conftest import REPO_ROOT, unique_hostname
@@ -719,3 +721,95 @@ def test_simultaneous_approvals_across_replicas_send_one_revoke(fleet: Fleet) ->
     assert sorted(results) == ["already_decided"] * 5 + ["approved"]
     assert len(fleet.revokes_sent()) == 1
     wait_until(lambda: task_id not in fleet.active_ids(), timeout=30, what="the task to be gone")
+
+
+# -- the Redis state store: replicas and restarts ----------------------------------------------
+
+
+def redis_service(rig: Rig, url: str, **overrides: Any) -> ApprovalService:
+    config = settings(**overrides)
+    return ApprovalService(
+        RedisRecordStore(url, prefix="approvals-test"),
+        rig.control,
+        rig.store,
+        Authorizer.from_settings(config),
+        AuditLog(),
+        config,
+        rig.clock,
+    )
+
+
+def test_with_redis_a_pending_request_survives_a_restart(rig: Rig, redis_url: str) -> None:
+    before = redis_service(rig, redis_url)
+    approval = before.submit(rig.revoke_action(), ALICE, "C0INCIDENT")
+    after = redis_service(rig, redis_url)  # a new process: only Redis is shared
+    outcome = after.decide(approval.id, BOB, approve=True)
+    assert outcome.result == "approved", outcome.notice
+    assert rig.control.commands() == ["revoke"]
+    assert before.decide(approval.id, CAROL, approve=True).result == "already_decided"
+
+
+def test_with_redis_simultaneous_clicks_in_two_replicas_run_once(rig: Rig, redis_url: str) -> None:
+    rig.control.delay = 0.05
+    replicas = [redis_service(rig, redis_url), redis_service(rig, redis_url)]
+    approval = replicas[0].submit(rig.revoke_action(), ALICE, "C0INCIDENT")
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def click(service: ApprovalService, who: str) -> None:
+        barrier.wait()
+        result = service.decide(approval.id, who, approve=True).result
+        with lock:
+            results.append(result)
+
+    threads = [
+        threading.Thread(target=click, args=(service, who))
+        for service in replicas
+        for who in (BOB, CAROL, BOB, CAROL)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results) == ["already_decided"] * 7 + ["approved"]
+    assert rig.control.commands() == ["revoke"]
+
+
+class FlakyRecords(MemoryRecordStore):
+    """A state store that goes away on demand (Redis down)."""
+
+    down = False
+
+    def transition(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
+        if self.down:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+        return super().transition(*args, **kwargs)
+
+    def create(self, *args: Any, **kwargs: Any) -> bool:
+        if self.down:
+            raise ConnectionError("Connection refused.")
+        return super().create(*args, **kwargs)
+
+
+def test_an_unreachable_state_store_runs_nothing_and_says_so(rig: Rig) -> None:
+    records = FlakyRecords(clock=rig.clock)
+    service = ApprovalService(
+        records,
+        rig.control,
+        rig.store,
+        rig.service.authorizer,
+        AuditLog(),
+        rig.service.settings,
+        rig.clock,
+    )
+    approval = service.submit(rig.revoke_action(), ALICE, "C0INCIDENT")
+    records.down = True
+    outcome = service.decide(approval.id, BOB, approve=True)
+    assert outcome.result == "unavailable" and "unreachable" in outcome.notice
+    assert rig.control.calls == []
+    with pytest.raises(StateStoreUnavailable):
+        service.submit(rig.revoke_action(), ALICE, "C0INCIDENT")
+    records.down = False
+    assert service.decide(approval.id, BOB, approve=True).result == "approved"
+    assert rig.control.commands() == ["revoke"]

@@ -24,6 +24,7 @@ from chatbot.approvals import (
     ApprovalService,
     ControlAction,
     PermissionDenied,
+    StateStoreUnavailable,
 )
 from chatbot.commands.context import CommandContext
 from chatbot.commands.parser import (
@@ -167,6 +168,9 @@ class ControlCommands:
             approval = self.approvals.submit(action, ctx.user_id, ctx.channel_id)
         except PermissionDenied as exc:  # lost the permission between the two checks
             return self.approvals.refused(str(exc))
+        except StateStoreUnavailable as exc:
+            # Without a stored request there is nothing a click could approve: say so.
+            return self.approvals.refused(f"Not requested: {exc}.")
         if approval.pending and ctx.confirm is not None:
             return self._confirm_here(ctx, action, approval.id)
         return self.approvals.card(approval)
@@ -179,7 +183,10 @@ class ControlCommands:
         approve = ctx.confirm(f"Approve: {action.summary()}?")
         outcome = self.approvals.decide(approval_id, ctx.user_id, approve=approve)
         if outcome.needs_confirmation:
-            confirmed = self.approvals.confirm_revoke(approval_id)
+            try:
+                confirmed = self.approvals.confirm_revoke(approval_id)
+            except StateStoreUnavailable:
+                confirmed = None  # the decided card below still says what the workers did
             if confirmed is not None:
                 return self.approvals.card(confirmed)
         if outcome.card is not None:
