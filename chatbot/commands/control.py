@@ -319,7 +319,7 @@ def register_control_commands(registry: Registry, approvals: ApprovalService) ->
     specs = [
         CommandSpec(
             name="revoke",
-            summary="revoke tasks by id, or every retained task of a name (approval required)",
+            summary="revoke tasks by id, or every retained task of a name (needs approval by default)",
             usage="revoke UUID... [--terminate] [--signal SIG] | revoke --name NAME [--state S]"
             " [--terminate]",
             handler=handlers.revoke,
@@ -478,7 +478,7 @@ def register_control_commands(registry: Registry, approvals: ApprovalService) ->
         ),
         CommandSpec(
             name="shutdown",
-            summary="warm shutdown of one worker (approval required)",
+            summary="warm shutdown of one worker (needs approval by default)",
             usage="shutdown WORKER",
             handler=handlers.shutdown,
             args=ArgSpec(positionals=(_worker_arg(),)),
