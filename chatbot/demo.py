@@ -39,6 +39,7 @@ from chatbot.console import Console
 from chatbot.embedded import EmbeddedRedis, EmbeddedRedisError
 from chatbot.model import Task
 from chatbot.render import Message
+from chatbot.runner import console_runner
 from chatbot.service import Service
 from chatbot.testing.worker import CeleryWorkerProcess, WorkerStartError
 
@@ -59,7 +60,6 @@ CONSUMER_CONNECT_TIMEOUT = 10.0
 # normally do within a couple of seconds of the worker being ready.
 FIRST_EVENTS_TIMEOUT = 30.0
 WORKER_STOP_TIMEOUT = 5.0
-
 
 EXIT_STARTUP_FAILED = 1
 _SLEEP_LINE = re.compile(r"^sleep\s+(\d+(?:\.\d+)?)\s*s?$", re.IGNORECASE)
@@ -197,6 +197,9 @@ class DemoFleet:
         started = time.monotonic()
         worker.wait_ready(timeout=WORKER_READY_TIMEOUT)
         out.write(f"  ready     worker answered a ping after {time.monotonic() - started:.1f}s\n")
+        # Subscribed before the first task is sent, so the first failure is not missed.
+        if self.service.consumer is not None:
+            self.service.consumer.wait_connected(CONSUMER_CONNECT_TIMEOUT)
         self.producer = demo_tasks.Producer(self.redis.url)
         self.producer.start()
         out.write(
@@ -204,8 +207,6 @@ class DemoFleet:
             f" one supplier sync that hangs, receipts to queue {demo_tasks.EMAIL_QUEUE!r}"
             " (no worker consumes it)\n"
         )
-        if self.service.consumer is not None:
-            self.service.consumer.wait_connected(CONSUMER_CONNECT_TIMEOUT)
 
     def stop(self) -> None:
         # Each step runs whatever happened before: a half-started demo still cleans up.
@@ -234,7 +235,7 @@ class DemoFleet:
         failure: Task | None = None
         hanging: Task | None = None
         while time.monotonic() < deadline:
-            failures = store.recent_failures(None, 3600.0, time.time())
+            failures = store.recent_failures(None, 3600.0, self.service.clock())
             failure = failures[0] if failures else None
             hanging_id = self.producer.hanging_task_id
             hanging = store.get_task(hanging_id) if hanging_id else None
@@ -333,6 +334,22 @@ def _first_screen(failure: Task | None, hanging: Task | None, stuck_after: float
     return "\n".join(lines)
 
 
+def _ignore_stop_signals() -> Callable[[], None]:
+    """While stopping: a second Ctrl-C must not cut the clean-up short and orphan the worker."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous: dict[signal.Signals, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):
+            previous[sig] = signal.signal(sig, signal.SIG_IGN)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
 def _install_stop_signals() -> Callable[[], None]:
     """SIGTERM and SIGHUP end the demo like Ctrl-C does, so the clean-up always runs."""
     if threading.current_thread() is not threading.main_thread():
@@ -351,6 +368,10 @@ def _install_stop_signals() -> Callable[[], None]:
             signal.signal(sig, handler)
 
     return restore
+
+
+def _not_wired(_text: str) -> Message:
+    raise RuntimeError("the demo console's commands are wired right after it is built")
 
 
 def run_demo(
@@ -397,22 +418,22 @@ def run_demo(
             if script_lines is not None
             else (stdin or sys.stdin)
         )
-        console: Console
-
-        def run_command(text: str) -> Message:
-            context = service.context(user_id=DEMO_USER, confirm=console.confirm)
-            return service.dispatcher.run(text, context)
-
         # The console only calls readline() and write()/flush() on its streams.
         console = Console(
-            run_command, cast(TextIO, reader), cast(TextIO, out), prompt=PROMPT, banner=None
+            _not_wired, cast(TextIO, reader), cast(TextIO, out), prompt=PROMPT, banner=None
         )
+        # Commands need the console's yes/no prompt (approvals), the console needs them.
+        console.run_command = console_runner(service, user_id=DEMO_USER, confirm=console.confirm)
         return console.run()
     except KeyboardInterrupt:
         out.write("\nstopping...\n")
         return 0
     finally:
+        allow_signals = _ignore_stop_signals()
         stop_event.set()
-        fleet.stop()
-        restore_signals()
+        try:
+            fleet.stop()
+        finally:
+            allow_signals()
+            restore_signals()
         out.write("demo stopped: worker and redis-server are gone.\n")
