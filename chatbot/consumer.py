@@ -233,6 +233,9 @@ class EventConsumer:
         if self._started:
             raise RuntimeError("EventConsumer already started")
         self._started = True
+        if not self._fast or self._heartbeat is None or self._enable_events is None:
+            # Built here, once, before two threads could race to build it.
+            self._kombu_app()
         target = self._run_redis if self._fast else self._run_kombu
         self._threads = [threading.Thread(target=target, name="chatops-events-reader", daemon=True)]
         if self._split:

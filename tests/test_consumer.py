@@ -266,6 +266,32 @@ def test_global_keyprefix_and_broadcasts_on_connect(
     assert calls[0] == "heartbeat"
 
 
+def test_default_broadcasts_turn_on_task_events_of_a_worker_started_without_them(
+    redis_url: str,
+    consumers: Callable[..., EventConsumer],
+    celery_worker: Callable[..., Any],
+) -> None:
+    worker = celery_worker(redis_url, events=False)
+    store = MemoryStore()
+    # No callables: the consumer broadcasts through an app of its own, as `run` would.
+    consumers(redis_url, store, heartbeat=None, enable_events=None, enable_events_interval=1.0)
+    app = make_app(redis_url)
+    sent: list[str] = []
+
+    def a_task_arrived() -> bool:
+        sent.append(app.send_task(ADD, args=(1, 1)).id)
+        time.sleep(0.3)
+        return any(
+            (task := store.get_task(uuid)) is not None and task.state == SUCCESS for uuid in sent
+        )
+
+    try:
+        wait_for(a_task_arrived, what="task events from a worker started without -E")
+    finally:
+        app.close()
+    assert store.get_worker(worker.hostname) is not None
+
+
 # -- robustness --------------------------------------------------------------------------------
 
 
