@@ -1,0 +1,1 @@
+"""Benchmarks, run on demand (``python -m bench.ingest``), never part of the test suite."""
