@@ -155,6 +155,32 @@ def test_decode_rejects_what_is_not_an_accepted_event_message() -> None:
     }
 
 
+def test_encoder_writes_byte_for_byte_what_kombu_publishes(redis_url: str) -> None:
+    """Tests and the benchmark publish with encode_message: it must be the real wire format."""
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.psubscribe(subscribe_topic(db=_db(redis_url))[0])
+    try:
+        assert wait_for(lambda: pubsub.get_message(timeout=0.1), what="psubscribe")
+        app = Celery("wire", broker=redis_url, set_as_current=False)
+        with app.connection_for_write() as conn:
+            dispatcher = app.events.Dispatcher(conn, hostname="w@h", buffer_group=["task"])
+            dispatcher.send("worker-heartbeat", freq=2.0, active=1, processed=5)
+            dispatcher.send("task-started", uuid="u-1")
+            dispatcher.flush()
+            dispatcher.close()
+        for routing_key in ("worker.heartbeat", "task.multi"):
+            message = wait_for(lambda: pubsub.get_message(timeout=0.1), what=routing_key)
+            raw: bytes = message["data"]
+            assert message["channel"].decode().endswith("/" + routing_key)
+            tag = json.loads(raw)["properties"]["delivery_tag"]
+            ours = encode_message(decode_body(raw), routing_key, hostname="w@h", delivery_tag=tag)
+            assert ours == raw
+    finally:
+        pubsub.close()
+        client.close()
+
+
 def test_topics_follow_kombu_with_prefixes_and_options() -> None:
     assert publish_topic("task.succeeded", db=3) == "/3.celeryev/task.succeeded"
     assert subscribe_topic(db=3, global_keyprefix="app[1]:") == ("app\\[1\\]:/3.celeryev/*", True)
