@@ -317,7 +317,7 @@ class Checker:
             except Exception as exc:  # refused, DNS, auth, TLS: all mean "not reachable"
                 raise self.fail(
                     "broker",
-                    f"cannot reach {where} within {self.broker_timeout:g}s"
+                    f"cannot connect to {where} within {self.broker_timeout:g}s"
                     f" ({self._error_text(exc)}); check CELERY_BROKER_URL (host, port,"
                     " password, vhost or db) and that the broker is running",
                 ) from None

@@ -69,14 +69,19 @@ def demo_settings(base: Settings, broker_url: str) -> Settings:
     """The user's settings with everything the demo needs forced on, at demo speed.
 
     Typed overrides (not environment strings): the demo's operator is :data:`DEMO_USER`, and
-    the state is in memory whatever the environment says, so the demo never touches a real
-    fleet, a real state store or Slack.
+    the broker, the state, Slack and the channels are the demo's own whatever the environment
+    says, so the demo never touches a real fleet, a real state store or a real workspace.
     """
     return dataclasses.replace(
         base,
         broker_url=broker_url,
         state_url="memory://",
         snapshot_path="",
+        slack_bot_token="",
+        slack_signing_secret="",
+        slack_app_token="",
+        alert_channel="",
+        audit_channel="",
         queues=(demo_tasks.EMAIL_QUEUE,),
         stuck_after=20.0,
         check_interval=5.0,

@@ -150,10 +150,36 @@ def test_unreachable_broker_is_one_clear_line_without_the_password(slack: MockSl
     code, lines = check(make_settings(url, slack))
     assert time.monotonic() - started < 10
     assert code == EXIT_FAILED
-    failure = assert_one_failure_last(code, lines, "broker", "cannot reach", "CELERY_BROKER_URL")
+    failure = assert_one_failure_last(code, lines, "broker", "cannot connect", "CELERY_BROKER_URL")
     assert "127.0.0.1" in failure
     assert_no_secrets(lines, password)
     assert slack.calls() == [], "Slack is not checked once the broker failed"
+
+
+@pytest.mark.amqp
+def test_rabbitmq_broker_worker_and_events(
+    amqp_url: str,
+    unique_name: Callable[[str], str],
+    celery_worker: Callable[..., CeleryWorkerProcess],
+    slack: MockSlackAPI,
+) -> None:
+    queue = unique_name("chk-q")
+    worker = celery_worker(amqp_url, hostname=f"{unique_name('chk')}@amqp", queues=(queue,))
+    code, lines = check(make_settings(amqp_url, slack, CHATOPS_QUEUES=queue))
+    assert code == EXIT_OK, lines
+    text = "\n".join(lines)
+    assert "broker: amqp 127.0.0.1:5672/ reachable" in text
+    assert worker.hostname in text and f"{queue} 0" in text
+    # The vhost is shared with other test runs: their workers may answer too, in any state.
+    assert any("events: heartbeats of" in line for line in lines), lines
+    assert_no_secrets(lines, "guest:guest")
+
+
+def test_wrong_rabbitmq_password_is_one_line(amqp_url: str, slack: MockSlackAPI) -> None:
+    url = amqp_url.replace("guest:guest", "guest:not-the-password")
+    code, lines = check(make_settings(url, slack))
+    assert_one_failure_last(code, lines, "broker", "ACCESS_REFUSED")
+    assert_no_secrets(lines, "not-the-password")
 
 
 def test_no_worker_answering_is_a_warning_that_says_what_to_do(
