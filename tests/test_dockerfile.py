@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 from chatbot.embedded import _free_port
 from tests.conftest import REPO_ROOT
@@ -355,7 +356,6 @@ def test_wheel_built_as_in_the_dockerfile_installs_and_runs(
 
 # -- compose.yaml ------------------------------------------------------------------------------
 def test_compose_runs_redis_a_sample_worker_with_events_and_the_bot() -> None:
-    yaml = pytest.importorskip("yaml")
     services = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
     assert {"redis", "worker", "bot"} <= set(services)
     worker = services["worker"]["command"]
