@@ -314,7 +314,7 @@ class Checker:
                     transport_options={"max_retries": 0, "socket_timeout": self.broker_timeout},
                 ) as connection:
                     connection.ensure_connection(max_retries=0, timeout=self.broker_timeout)
-            except Exception as exc:  # refused, DNS, auth, TLS: all mean "not reachable"
+            except Exception as exc:  # refused, DNS, login, TLS: one line either way
                 raise self.fail(
                     "broker",
                     f"cannot connect to {where} within {self.broker_timeout:g}s"
@@ -436,7 +436,7 @@ class Checker:
                 "start workers with -E (or worker_send_task_events = True);"
                 " CHATOPS_ENABLE_EVENTS_INTERVAL=0 stops the bot from turning them on"
             )
-        self.warn("events", f"{heartbeats}; {_names(off)} sent no task events: {fix}")
+        self.warn("events", f"{heartbeats}; {_names(off)} had task events off (no -E): {fix}")
 
     def _wait_for_heartbeats(self, store: MemoryStore) -> set[str]:
         wanted = set(self._workers)
