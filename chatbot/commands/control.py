@@ -319,7 +319,8 @@ def register_control_commands(registry: Registry, approvals: ApprovalService) ->
     specs = [
         CommandSpec(
             name="revoke",
-            summary="revoke tasks by id, or every retained task of a name (needs approval by default)",
+            summary="revoke tasks by id, or every retained task of a name"
+            " (needs approval by default)",
             usage="revoke UUID... [--terminate] [--signal SIG] | revoke --name NAME [--state S]"
             " [--terminate]",
             handler=handlers.revoke,
