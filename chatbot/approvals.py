@@ -1160,6 +1160,9 @@ class ApprovalService:
                 parameters = {**parameters, "selector": act.selector}
             channel = channel or approval.channel
             approval_id = approval.id
+            if step == "request" and act.preview:
+                # What the requester saw: the store's redacted args, never the raw ones.
+                details = {**(details or {}), "preview": [_audit_preview(p) for p in act.preview]}
         entry = AuditEntry(
             step=step,
             who=who,
@@ -1177,6 +1180,17 @@ class ApprovalService:
             self.audit.record(entry)
         except Exception:  # the audit must not undo or block what it records
             logger.exception("audit record failed for %s %s", step, approval_id)
+
+
+def _audit_preview(task: TaskPreview) -> dict[str, Any]:
+    return {
+        "uuid": task.uuid,
+        "name": task.name,
+        "state": task.state,
+        "worker": task.worker,
+        "args": task.args,
+        "kwargs": task.kwargs,
+    }
 
 
 def _policy_word(word: str) -> str:

@@ -512,6 +512,9 @@ def test_every_step_is_one_audit_line_and_goes_to_the_channel(
         assert entry["action"] == "revoke" and entry["targets"] == [TASK_ID]
         assert entry["time"].endswith("Z") and entry["channel"] == "C0INCIDENT"
     assert lines[0]["parameters"] == {"terminate": True, "signal": "SIGKILL"}
+    (previewed,) = lines[0]["details"]["preview"]
+    assert previewed["uuid"] == TASK_ID and previewed["worker"] == WORKER
+    assert "[redacted]" in previewed["kwargs"] and "sekrit" not in json.dumps(lines)
     assert lines[3]["details"]["replies"] == [{"worker": WORKER, "status": "ok", "message": "done"}]
     assert len(rig.posted) == len(lines)
     assert all(not m.ephemeral for m in rig.posted)
@@ -813,3 +816,16 @@ def test_an_unreachable_state_store_runs_nothing_and_says_so(rig: Rig) -> None:
     records.down = False
     assert service.decide(approval.id, BOB, approve=True).result == "approved"
     assert rig.control.commands() == ["revoke"]
+
+
+def test_attach_message_remembers_where_the_card_is(rig: Rig) -> None:
+    approval = rig.service.submit(rig.revoke_action(), ALICE, "C0INCIDENT")
+    attached = rig.service.attach_message(approval.id, "C0INCIDENT", "1795503205.000100")
+    assert attached is not None and attached.message_ts == "1795503205.000100"
+    assert attached.pending  # remembering the message decides nothing
+    swept = rig.service.expire_due()
+    assert swept == []
+    rig.clock.now += rig.service.settings.approval_ttl
+    (expired,) = rig.service.expire_due()
+    assert (expired.message_channel, expired.message_ts) == ("C0INCIDENT", "1795503205.000100")
+    assert rig.service.attach_message("0" * 32, "C0INCIDENT", "1.2") is None
