@@ -511,3 +511,26 @@ def test_a_failure_that_later_succeeds_leaves_the_failure_indexes() -> None:
     assert store.tasks(state=FAILURE) == []
     assert store.recent_failures(None, window=60, now=T0 + 10) == []
     assert store.count_tasks(state=FAILURE, name="proj.add") == 0
+
+
+def test_a_client_task_sent_stamped_after_the_worker_started_does_not_requeue_it() -> None:
+    store = MemoryStore()
+    uuid = new_id()
+    sent = {"type": "task-sent", "uuid": uuid, "name": "proj.add", "queue": "celery",
+            "hostname": "client@host", "timestamp": T0 + 0.5}
+    store.apply([received(uuid, T0), started(uuid, T0 + 0.1), sent])
+    task = store.get_task(uuid)
+    assert task is not None and task.state == STARTED
+    assert (task.sent, task.queue) == (T0 + 0.5, "celery")
+    assert [t.uuid for t in store.active()] == [uuid]
+
+
+def test_after_a_retry_the_resent_attempt_is_queued_again() -> None:
+    store = MemoryStore()
+    uuid = new_id()
+    retried = {"type": "task-retried", "uuid": uuid, "exception": "E()", "traceback": "tb",
+               "hostname": "w1@host", "timestamp": T0 + 2}
+    resent = {"type": "task-sent", "uuid": uuid, "name": "proj.add", "retries": 1,
+              "hostname": "w1@host", "timestamp": T0 + 3}
+    store.apply([received(uuid, T0), started(uuid, T0 + 1), retried, resent])
+    assert store.get_task(uuid).state == PENDING  # type: ignore[union-attr]

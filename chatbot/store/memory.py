@@ -267,14 +267,17 @@ class MemoryStore:
         if self._track:
             self._changed.add(uuid)
         self._count_event(task, kind)
-        if kind == "task-rejected" and event.get("requeue"):
+        requeued = kind == "task-rejected" and bool(event.get("requeue"))
+        if requeued:
             state = PENDING  # handed back to the queue: waiting again, not finished
-        self._transition(task, state, ts, created)
+        self._transition(task, state, ts, created, requeued)
         if created and len(self._tasks) > self.max_tasks:
             self._evict(protect=uuid)
         return True
 
-    def _transition(self, task: Task, new: str, ts: float, created: bool) -> None:
+    def _transition(
+        self, task: Task, new: str, ts: float, created: bool, requeued: bool = False
+    ) -> None:
         current = task.state
         if new == current:
             if not created:
@@ -284,11 +287,16 @@ class MemoryStore:
             strength = _TERMINAL_PRECEDENCE.get(new)
             if strength is None or strength <= _TERMINAL_PRECEDENCE[current]:
                 return
-        elif new not in _TERMINAL_PRECEDENCE and (ts, _OPEN_RANK[new]) < (
-            task.state_ts,
-            _OPEN_RANK[current],
+        elif (
+            new not in _TERMINAL_PRECEDENCE
+            and not requeued
+            and _OPEN_RANK[new] <= _OPEN_RANK[current]
         ):
-            return  # a late event from before the current state
+            # Among unfinished states precedence wins (task-sent is stamped by the client
+            # after it published, so it may be "newer" than the worker's task-started), except
+            # that after a retry a newer event is the next attempt moving forward again.
+            if current != RETRY or ts <= task.state_ts:
+                return
         if current == FAILURE:
             self._drop_failure(task.name or "?", task)  # before ``finished`` changes
         del self._by_state[current][task.uuid]
