@@ -291,12 +291,12 @@ class MemoryStore:
             new not in _TERMINAL_PRECEDENCE
             and not requeued
             and _OPEN_RANK[new] <= _OPEN_RANK[current]
+            and (current != RETRY or ts <= task.state_ts)
         ):
             # Among unfinished states precedence wins (task-sent is stamped by the client
             # after it published, so it may be "newer" than the worker's task-started), except
             # that after a retry a newer event is the next attempt moving forward again.
-            if current != RETRY or ts <= task.state_ts:
-                return
+            return
         if current == FAILURE:
             self._drop_failure(task.name or "?", task)  # before ``finished`` changes
         del self._by_state[current][task.uuid]
