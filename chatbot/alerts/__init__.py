@@ -1,0 +1,1 @@
+"""Channel alerts: rules over the fleet's picture, one grouped Slack message per problem."""
