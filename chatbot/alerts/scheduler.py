@@ -1,0 +1,242 @@
+"""The periodic check: store + broker -> rules -> manager, every ``CHATOPS_CHECK_INTERVAL``.
+
+An APScheduler ``BackgroundScheduler`` runs one job with ``coalesce=True, max_instances=1`` and
+a small ``misfire_grace_time``: a process that stalled (a long GC, a suspended container)
+runs one check when it wakes, not a burst of stale ones (chatops research §4.6). The job
+never talks to Slack itself; the manager hands messages to the sender's queue.
+
+Run one scheduler per fleet: two replicas checking the same fleet would both post.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from chatbot.alerts.facts import QueueHistory, collect_facts
+from chatbot.alerts.manager import AlertManager, ReconcileResult
+from chatbot.alerts.rules import BACKLOG, Evaluation, evaluate, split_key
+from chatbot.broker import QueueLength, queue_names
+from chatbot.config import Settings
+from chatbot.model import HEARTBEAT_EXPIRE_FACTOR, StreamHealth
+from chatbot.store import FleetStore
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "chatops-alert-check"
+DEFAULT_QUEUE = "celery"
+
+
+class QueueLengthReader(Protocol):
+    """The part of :class:`chatbot.broker.BrokerReader` the check uses."""
+
+    def queue_lengths(self, names: Sequence[str]) -> list[QueueLength]: ...
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    at: float
+    evaluation: Evaluation
+    reconciled: ReconcileResult
+    queue_error: str | None
+
+
+@dataclass(frozen=True)
+class SchedulerHealth:
+    running: bool
+    interval: float
+    checks: int
+    failures: int  # checks that raised (logged with a traceback)
+    last_check_at: float | None
+    last_duration: float | None
+    last_error: str | None
+    firing: int  # conditions found by the last check (muted or not)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "interval": self.interval,
+            "checks": self.checks,
+            "failures": self.failures,
+            "last_check_at": self.last_check_at,
+            "last_duration": self.last_duration,
+            "last_error": self.last_error,
+            "firing": self.firing,
+        }
+
+
+class AlertScheduler:
+    """Runs the alert check on a timer (:meth:`start`) or on demand (:meth:`check_now`).
+
+    ``broker`` reads queue lengths (None: no backlog rule). ``health`` returns the stream's
+    health with the consumer's half filled in (``lambda: consumer.health_into(store.health())``);
+    without it the store's own health is used and a disconnected consumer goes unnoticed
+    until the stream-silent rule fires.
+    """
+
+    def __init__(
+        self,
+        manager: AlertManager,
+        store: FleetStore,
+        settings: Settings,
+        *,
+        broker: QueueLengthReader | None = None,
+        health: Callable[[], StreamHealth] | None = None,
+        clock: Callable[[], float] = time.time,
+        default_queue: str = DEFAULT_QUEUE,
+        interval: float | None = None,
+        misfire_grace_time: int | None = None,
+        expire_factor: float | None = None,
+    ) -> None:
+        self.manager = manager
+        self.store = store
+        self.settings = settings
+        self.broker = broker
+        self._health = health
+        self.clock = clock
+        self.default_queue = default_queue
+        self.interval = float(interval if interval is not None else settings.check_interval)
+        # Late by more than this: skip the run; the next one is at most an interval away.
+        self.misfire_grace_time = (
+            misfire_grace_time
+            if misfire_grace_time is not None
+            else max(1, min(10, int(self.interval)))
+        )
+        self.expire_factor = (
+            expire_factor
+            if expire_factor is not None
+            else float(getattr(store, "heartbeat_expire_factor", HEARTBEAT_EXPIRE_FACTOR))
+        )
+        self.history = QueueHistory()
+        self.watching_since = clock()
+        self._check_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._scheduler: BackgroundScheduler | None = None
+        self._checks = 0
+        self._failures = 0
+        self._last_check_at: float | None = None
+        self._last_duration: float | None = None
+        self._last_error: str | None = None
+        self._last_firing = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._scheduler is not None:
+            return
+        scheduler = BackgroundScheduler(daemon=True, timezone=dt.timezone.utc)
+        scheduler.add_job(
+            self._run,
+            trigger="interval",
+            seconds=self.interval,
+            id=JOB_ID,
+            name="celery-chatops alert check",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=self.misfire_grace_time,
+            # The first check one interval after start: the consumer has had time to hear
+            # every worker's heartbeat, so a fresh picture is not mistaken for a dead fleet.
+            next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.interval),
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        log.info("Alert checks every %gs", self.interval)
+
+    def stop(self, wait: bool = True) -> None:
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=wait)
+
+    @property
+    def running(self) -> bool:
+        return self._scheduler is not None
+
+    # -- checking --------------------------------------------------------------------------------
+    def _run(self) -> None:
+        # Already logged and counted by check_now; APScheduler would only log it again.
+        with contextlib.suppress(Exception):
+            self.check_now()
+
+    def check_now(self) -> CheckResult:
+        """One full check, on the caller's thread; never overlaps another check."""
+        with self._check_lock:
+            started = time.monotonic()
+            try:
+                result = self._check()
+            except Exception as exc:
+                with self._state_lock:
+                    self._checks += 1
+                    self._failures += 1
+                    self._last_error = f"{type(exc).__name__}: {exc}"
+                    self._last_duration = time.monotonic() - started
+                log.exception("Alert check failed")
+                raise
+            with self._state_lock:
+                self._checks += 1
+                self._last_error = None
+                self._last_check_at = result.at
+                self._last_duration = time.monotonic() - started
+                self._last_firing = len(result.evaluation.conditions)
+            return result
+
+    def _check(self) -> CheckResult:
+        now = self.clock()
+        open_alerts = self.manager.open_alerts()
+        queues, queue_error = self._read_queues(open_alerts, now)
+        health = self._health() if self._health is not None else self.store.health()
+        facts = collect_facts(
+            self.store,
+            self.settings,
+            now=now,
+            watching_since=self.watching_since,
+            queues=queues,
+            queue_error=queue_error,
+            history=self.history.samples(),
+            health=health,
+            open_keys=list(open_alerts),
+            expire_factor=self.expire_factor,
+        )
+        evaluation = evaluate(facts, self.settings, open_alerts)
+        reconciled = self.manager.reconcile(evaluation, now)
+        return CheckResult(now, evaluation, reconciled, queue_error)
+
+    def _read_queues(
+        self, open_alerts: dict[str, float], now: float
+    ) -> tuple[list[QueueLength] | None, str | None]:
+        if self.broker is None:
+            return None, "no broker reader"
+        names = queue_names(self.store.workers(), self.settings.queues, self.default_queue)
+        # A queue with an open alert stays watched until the alert resolves, even if the
+        # workers that listed it are gone.
+        for key in open_alerts:
+            kind, subject = split_key(key)
+            if kind == BACKLOG and subject not in names:
+                names.append(subject)
+        try:
+            lengths = list(self.broker.queue_lengths(names))
+        except Exception as exc:  # a network peer: "unknown", never a crash of the check
+            log.warning("Reading queue lengths failed: %s", exc)
+            return None, f"{type(exc).__name__}: {exc}"
+        self.history.record(lengths, now)
+        return lengths, None
+
+    # -- health ----------------------------------------------------------------------------------
+    def health(self) -> SchedulerHealth:
+        with self._state_lock:
+            return SchedulerHealth(
+                running=self.running,
+                interval=self.interval,
+                checks=self._checks,
+                failures=self._failures,
+                last_check_at=self._last_check_at,
+                last_duration=self._last_duration,
+                last_error=self._last_error,
+                firing=self._last_firing,
+            )
