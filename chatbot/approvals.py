@@ -1081,7 +1081,7 @@ class ApprovalService:
         """
         now = self.clock()
         online = {w.hostname: w.is_online(now) for w in self.store.workers()}
-        return self.renderer.render(
+        card = self.renderer.render(
             CARD_TEMPLATE,
             ephemeral=False,
             approval=approval,
@@ -1098,6 +1098,8 @@ class ApprovalService:
             narrow_hint="every listed id is revoked, shown or not",
             policy_word=approval.action.command,
         )
+        # A pending card is updated later by its ts (expiry, decision, confirmation).
+        return replace(card, channel_post=approval.pending)
 
     def refused(self, reason: str) -> Message:
         """The ephemeral answer to a refused request."""

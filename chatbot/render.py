@@ -73,6 +73,9 @@ class Message:
     text: str
     blocks: list[dict[str, Any]] = field(default_factory=list)
     ephemeral: bool = True
+    # Post it in the channel as the app (chat.postMessage) rather than as a reply, because
+    # whoever built it updates it later by its ts (an approval card: expiry, confirmation).
+    channel_post: bool = False
 
     def to_response(self) -> dict[str, Any]:
         """The body for ``respond()`` / a response_url."""

@@ -14,22 +14,37 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from slack_sdk import WebClient
 
+from chatbot.approvals import ApprovalService
+from chatbot.audit import AuditLog
+from chatbot.auth import Authorizer, SlackGroupResolver
 from chatbot.broker import BrokerReader, QueueLength, queue_names
 from chatbot.commands import CommandContext, Dispatcher, Registry, build_registry
+from chatbot.commands.control import register_control_commands
 from chatbot.config import Settings, redact_url
 from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
 from chatbot.metrics import render_metrics
 from chatbot.model import StreamHealth
-from chatbot.render import Renderer
+from chatbot.render import Message, Renderer
 from chatbot.store import FleetStore, RecordStore
+from chatbot.store.factory import Stores, open_stores
 from chatbot.store.memory import MemoryStore
 from chatbot.store.records import MemoryRecordStore
 
 logger = logging.getLogger(__name__)
 
 QUEUE_CACHE_SECONDS = 10.0
+LOCAL_LEASE_WAIT = 5.0
+
+
+def _secrets(settings: Settings) -> tuple[str, ...]:
+    return tuple(
+        s
+        for s in (settings.slack_bot_token, settings.slack_signing_secret, settings.slack_app_token)
+        if s
+    )
 
 
 def make_celery_app(settings: Settings) -> Celery:
@@ -52,16 +67,24 @@ class Service:
         store: FleetStore | None = None,
         records: RecordStore | None = None,
         consume_events: bool = True,
+        web_client: WebClient | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.store: FleetStore = store or MemoryStore(
-            max_tasks=settings.max_tasks,
-            max_workers=settings.max_workers,
-            redact_keys=settings.redact_keys,
-            clock=clock,
-        )
-        self.records: RecordStore = records or MemoryRecordStore(clock=clock)
+        self.web_client = web_client
+        if store is None and records is None:
+            self.stores: Stores | None = open_stores(settings)
+            self.store: FleetStore = self.stores.fleet
+            self.records: RecordStore = self.stores.records
+        else:
+            self.stores = None
+            self.store = store or MemoryStore(
+                max_tasks=settings.max_tasks,
+                max_workers=settings.max_workers,
+                redact_keys=settings.redact_keys,
+                clock=clock,
+            )
+            self.records = records or MemoryRecordStore(clock=clock)
         self.app = make_celery_app(settings)
         self.control = FleetControl(self.app, timeout=settings.control_timeout)
         self.broker = BrokerReader(
@@ -69,38 +92,95 @@ class Service:
             transport_options=self.app.conf.broker_transport_options,
             timeout=settings.control_timeout,
         )
-        self.consumer: EventConsumer | None = (
-            EventConsumer(
-                settings.broker_url,
-                self.store,
-                app=self.app,
-                enable_events=self.control.enable_events,
-                heartbeat=self.control.heartbeat,
-                enable_events_interval=settings.enable_events_interval,
-                clock=clock,
-            )
-            if consume_events
-            else None
-        )
+        self._consume_events = consume_events
+        # Created when this replica holds the ingest lease (a consumer cannot be restarted).
+        self.consumer: EventConsumer | None = None
+        self._ingest_lock = threading.Lock()
+        self._ingesting = threading.Event()
         self.renderer = Renderer()
         self.registry: Registry = build_registry()
         self.dispatcher = Dispatcher(self.registry, self.renderer)
+        resolver = SlackGroupResolver(web_client) if web_client is not None else None
+        self.authorizer = Authorizer.from_settings(settings, resolver)
+        self.audit = AuditLog(secrets=_secrets(settings))
+        self.approvals = ApprovalService(
+            self.records,
+            self.control,
+            self.store,
+            self.authorizer,
+            self.audit,
+            settings,
+            clock,
+            renderer=self.renderer,
+        )
+        register_control_commands(self.registry, self.approvals)
         self._queue_cache: tuple[float, list[QueueLength]] | None = None
         self._queue_lock = threading.Lock()
         # Extra health facts contributed by parts wired on top (alerts sender, Slack).
         self.health_sources: list[Callable[[], dict[str, Any]]] = []
+        # Parts that run only while this replica is the writer (the alert scheduler).
+        self.leader_parts: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        # Called when a face posted a channel_post message (an approval card) as the app.
+        self.on_channel_post: list[Callable[[Message, str, str], None]] = []
         self.started_at: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         self.started_at = self.clock()
-        if self.consumer is not None:
-            self.consumer.start()
+        if self.stores is not None:
+            self.stores.start(on_acquired=self._start_ingest, on_lost=self._stop_ingest)
+            if self.stores.backend == "memory":
+                # The in-process lease is granted at once, on the keeper's thread: let callers
+                # of start() find the consumer running, as they would without a lease.
+                self._ingesting.wait(LOCAL_LEASE_WAIT)
+        else:
+            self._start_ingest()
 
     def stop(self) -> None:
-        if self.consumer is not None:
-            self.consumer.stop()
+        if self.stores is not None:
+            self.stores.stop()  # runs _stop_ingest while it still holds the lease
+        else:
+            self._stop_ingest()
         self.broker.close()
+
+    def _start_ingest(self) -> None:
+        """This replica became the writer: consume events, run the leader-only parts."""
+        with self._ingest_lock:
+            if self._consume_events and self.consumer is None:
+                self.consumer = EventConsumer(
+                    self.settings.broker_url,
+                    self.store,
+                    app=self.app,
+                    enable_events=self.control.enable_events,
+                    heartbeat=self.control.heartbeat,
+                    enable_events_interval=self.settings.enable_events_interval,
+                    clock=self.clock,
+                )
+                if self.stores is not None:
+                    self.stores.set_health_source(self.consumer.health_into)
+                self.consumer.start()
+            for start, _stop in self.leader_parts:
+                start()
+            self._ingesting.set()
+        logger.info("this replica consumes events and runs the scheduler")
+
+    def _stop_ingest(self) -> None:
+        with self._ingest_lock:
+            self._ingesting.clear()
+            for _start, stop in reversed(self.leader_parts):
+                try:
+                    stop()
+                except Exception:
+                    logger.exception("stopping a leader-only part failed")
+            if self.consumer is not None:
+                self.consumer.stop()
+                if self.stores is not None:
+                    self.stores.set_health_source(None)
+                self.consumer = None
+
+    def channel_posted(self, message: Message, channel_id: str, ts: str) -> None:
+        for hook in self.on_channel_post:
+            hook(message, channel_id, ts)
 
     # -- what the faces use ------------------------------------------------------------
     def context(
@@ -123,9 +203,17 @@ class Service:
         )
 
     def stream_health(self) -> StreamHealth:
-        """Freshness from the store, connection and event loss from the consumer."""
+        """Freshness from the store, connection and event loss from the consumer.
+
+        With a shared Redis store the writer publishes its consumer's half, so every replica
+        reads it from ``store.health()``; only a local consumer is merged here.
+        """
         stream = self.store.health()
-        return self.consumer.health_into(stream) if self.consumer is not None else stream
+        shared = self.stores is not None and self.stores.backend == "redis"
+        consumer = self.consumer
+        if consumer is not None and not shared:
+            stream = consumer.health_into(stream)
+        return stream
 
     def queue_lengths(self, max_age: float = QUEUE_CACHE_SECONDS) -> list[QueueLength]:
         """Lengths of every watched queue, read at most every ``max_age`` seconds."""
@@ -145,7 +233,7 @@ class Service:
         stream = self.stream_health()
         now = self.clock()
         report: dict[str, Any] = {
-            "ok": stream.connected or self.consumer is None,
+            "ok": stream.connected or not self._consume_events,
             "broker": redact_url(self.settings.broker_url),
             "state": redact_url(self.settings.state_url),
             "events_total": stream.events_total,

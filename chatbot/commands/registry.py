@@ -161,7 +161,8 @@ class Dispatcher:
                 ctx.channel_id,
             )
             return self.internal_error(spec.name, reference)
-        return dataclasses.replace(message, ephemeral=not prepared.share)
+        # --share widens a reply; a message its handler made public (a card) stays public.
+        return dataclasses.replace(message, ephemeral=message.ephemeral and not prepared.share)
 
     def run(self, text: str, ctx: CommandContext) -> Message:
         return self.execute(self.prepare(text), ctx)

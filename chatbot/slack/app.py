@@ -31,6 +31,7 @@ from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from chatbot.commands.registry import Prepared
 from chatbot.render import Message, unescape_mrkdwn
@@ -306,7 +307,10 @@ class _SlackFace:
                 message = self._internal_error(name, reference)
                 outcome = "error"
             ack_sent.wait(ACK_SENT_WAIT)
-            posted = self._post(response_url, message, replace_original=True, what=name)
+            if message.channel_post and channel_id:
+                posted = self._post_in_channel(message, channel_id, response_url, name)
+            else:
+                posted = self._post(response_url, message, replace_original=True, what=name)
             self.metrics.command(name, "response_url", outcome if posted else "undelivered")
         finally:
             self._release()
@@ -415,6 +419,30 @@ class _SlackFace:
             return False
         self.metrics.response_post("ok")
         return True
+
+    def _post_in_channel(
+        self, message: Message, channel_id: str, response_url: str, what: str
+    ) -> bool:
+        """Post as the app (its ts lets the card be updated later), then tell the asker.
+
+        Where the app may not post (a private channel it is not in), the card still goes out
+        through the response_url, and can then be updated only when someone clicks it.
+        """
+        try:
+            response = self.client.chat_postMessage(
+                channel=channel_id, text=message.text, blocks=message.blocks or None
+            )
+        except SlackApiError as exc:
+            code = exc.response.get("error") if exc.response is not None else "error"
+            log.warning("could not post %r in %s (%s); answering in place", what, channel_id, code)
+            return self._post(response_url, message, replace_original=True, what=what)
+        ts = str(response.get("ts") or "")
+        try:
+            self.services.channel_posted(message, channel_id, ts)
+        except Exception:
+            log.exception("recording where %r was posted failed", what)
+        note = Message(text=f"Posted in this channel: `/celery {what}` is waiting there.")
+        return self._post(response_url, note, replace_original=True, what=what)
 
     def _internal_error(self, name: str, reference: str) -> Message:
         try:

@@ -44,3 +44,7 @@ class SlackServices(Protocol):
     def metrics_text(self) -> str:
         """Prometheus text exposition format: served by ``GET /metrics``."""
         ...
+
+    def channel_posted(self, message: Message, channel_id: str, ts: str) -> None:
+        """A ``channel_post`` message was posted as the app at ``channel_id``/``ts``."""
+        ...

@@ -1,0 +1,122 @@
+"""The Approve and Deny buttons of approval cards, and the re-carding of expired requests.
+
+The decision itself (who may, exactly once, what runs) is :class:`ApprovalService`'s; this
+module only moves its results in and out of Slack: the card is replaced in place with
+``chat.update`` (by the ts the card was posted at), the clicker gets an ephemeral notice, and a
+revoke's confirmation updates the card once more when the task-revoked event arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from chatbot.approvals import (
+    APPROVE_ACTION_ID,
+    DENY_ACTION_ID,
+    Approval,
+    ApprovalService,
+    approval_id_of,
+)
+from chatbot.render import Message
+from chatbot.slack.app import ActionClick, ActionRegistry, ActionReply
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPIRY_SWEEP = 30.0
+
+
+class ApprovalActions:
+    """Button handlers bound to one ApprovalService and the app's WebClient."""
+
+    def __init__(self, approvals: ApprovalService, client: WebClient) -> None:
+        self.approvals = approvals
+        self.client = client
+
+    def register(self, actions: ActionRegistry) -> None:
+        actions.register_action(APPROVE_ACTION_ID, self.on_click)
+        actions.register_action(DENY_ACTION_ID, self.on_click)
+
+    def channel_posted(self, message: Message, channel_id: str, ts: str) -> None:
+        """Remember where a pending card went, so expiry and confirmation can update it."""
+        approval_id = approval_id_of(message)
+        if approval_id and ts:
+            self.approvals.attach_message(approval_id, channel_id, ts)
+
+    def on_click(self, click: ActionClick) -> ActionReply | None:
+        approve = click.action_id == APPROVE_ACTION_ID
+        outcome = self.approvals.decide(click.value, click.user_id, approve=approve)
+        notice = ActionReply(Message(text=outcome.notice))
+        if outcome.card is None:
+            return notice  # refused, already decided, unknown: the clicker alone is told
+        approval = outcome.approval
+        channel = click.channel_id or (approval.channel if approval else "")
+        if not self.update_card(channel, click.message_ts, outcome.card):
+            # Not ours to chat.update (it went out through a response_url): replace in place.
+            return ActionReply(outcome.card, replace_original=True)
+        if approval is not None and click.message_ts:
+            self.approvals.attach_message(approval.id, channel, click.message_ts)
+        if outcome.needs_confirmation and approval is not None:
+            self.approvals.confirm_revoke_in_background(
+                approval.id, on_done=self._recard(channel, click.message_ts)
+            )
+        return notice
+
+    def _recard(self, channel: str, ts: str) -> Callable[[Approval], None]:
+        def on_done(approval: Approval) -> None:
+            self.update_card(channel, ts, self.approvals.card(approval))
+
+        return on_done
+
+    def update_card(self, channel: str, ts: str | None, card: Message) -> bool:
+        if not channel or not ts:
+            return False
+        try:
+            self.client.chat_update(channel=channel, ts=ts, text=card.text, blocks=card.blocks)
+        except SlackApiError as exc:
+            code = exc.response.get("error") if exc.response is not None else "error"
+            log.warning("could not update the approval card %s/%s: %s", channel, ts, code)
+            return False
+        return True
+
+    def sweep_expired(self) -> int:
+        """Mark requests past their expiry as expired and take their buttons away."""
+        swept = 0
+        for approval in self.approvals.expire_due():
+            if approval.message_channel and approval.message_ts:
+                self.update_card(
+                    approval.message_channel, approval.message_ts, self.approvals.card(approval)
+                )
+            swept += 1
+        return swept
+
+
+class ExpirySweeper:
+    """A daemon thread running :meth:`ApprovalActions.sweep_expired` every ``interval`` s."""
+
+    def __init__(self, actions: ApprovalActions, interval: float = DEFAULT_EXPIRY_SWEEP) -> None:
+        self.actions = actions
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="chatops-approval-expiry",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.actions.sweep_expired()
+            except Exception:
+                log.exception("sweeping expired approval requests failed")
