@@ -8,10 +8,16 @@ import threading
 from collections.abc import Callable
 from typing import TextIO
 
+from slack_bolt.error import BoltError
+from slack_sdk.errors import SlackApiError
+
 from chatbot.config import Settings, redact_url
 from chatbot.console import BANNER, Console
 from chatbot.render import Message
 from chatbot.service import Service
+from chatbot.slack import ActionRegistry, SlackMetrics, build_app, make_executor, make_server
+from chatbot.slack.approval_actions import ApprovalActions, ExpirySweeper
+from chatbot.slack.client import web_client_from_settings
 
 logger = logging.getLogger("chatbot")
 
@@ -78,6 +84,52 @@ def run_console(settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
         return make_console(service, stdin, stdout).run()
     finally:
         service.stop()
+
+
+def run(settings: Settings, stop: threading.Event | None = None) -> int:
+    """``celery-chatops run``: consume events and serve Slack (HTTP, or Socket Mode)."""
+    mode = "socket-mode" if settings.socket_mode else "http"
+    log_banner(settings, mode)
+    client = web_client_from_settings(settings)
+    service = Service(settings, web_client=client)
+    executor = make_executor()
+    actions = ActionRegistry()
+    approval_actions = ApprovalActions(service.approvals, client)
+    approval_actions.register(actions)
+    service.on_channel_post.append(approval_actions.channel_posted)
+    metrics = SlackMetrics()
+    try:
+        app = build_app(
+            service,
+            client=client,
+            signing_secret=None if settings.socket_mode else settings.slack_signing_secret,
+            executor=executor,
+            actions=actions,
+            metrics=metrics,
+        )
+    except (SlackApiError, BoltError) as exc:
+        # Bolt calls auth.test at start: a wrong or revoked token stops here, in one line.
+        reason = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
+        logger.error("Slack refused the bot token (SLACK_BOT_TOKEN): %s", reason)
+        executor.shutdown(wait=False)
+        return 1
+    server = make_server(app, service, settings, metrics=metrics)
+    sweeper = ExpirySweeper(approval_actions)
+    service.start()
+    try:
+        server.start()
+        sweeper.start()
+        logger.info("serving", extra={"mode": mode, "port": server.port})
+        if stop is None:
+            wait_for_shutdown_signal()
+        else:
+            stop.wait()
+    finally:
+        sweeper.stop()
+        server.stop()
+        service.stop()
+        executor.shutdown(wait=False)
+    return 0
 
 
 def wait_for_shutdown_signal() -> None:

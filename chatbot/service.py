@@ -102,7 +102,11 @@ class Service:
         self.dispatcher = Dispatcher(self.registry, self.renderer)
         resolver = SlackGroupResolver(web_client) if web_client is not None else None
         self.authorizer = Authorizer.from_settings(settings, resolver)
-        self.audit = AuditLog(secrets=_secrets(settings))
+        self.audit = AuditLog(
+            channel_poster=self._post_audit if settings.audit_channel and web_client else None,
+            renderer=self.renderer,
+            secrets=_secrets(settings),
+        )
         self.approvals = ApprovalService(
             self.records,
             self.control,
@@ -177,6 +181,13 @@ class Service:
                 if self.stores is not None:
                     self.stores.set_health_source(None)
                 self.consumer = None
+
+    def _post_audit(self, message: Message) -> None:
+        """A copy of an audit step in CHATOPS_AUDIT_CHANNEL (failures are the audit's to log)."""
+        if self.web_client is not None:
+            self.web_client.chat_postMessage(
+                channel=self.settings.audit_channel, text=message.text, blocks=message.blocks
+            )
 
     def channel_posted(self, message: Message, channel_id: str, ts: str) -> None:
         for hook in self.on_channel_post:
