@@ -174,11 +174,9 @@ class EventConsumer:
         self.broker_url = broker_url
         self.store = store
         self._app = app
-        self._transport_options: dict[str, Any] = dict(
-            transport_options
-            if transport_options is not None
-            else (app.conf.broker_transport_options or {} if app is not None else {})
-        )
+        if transport_options is None and app is not None:
+            transport_options = app.conf.broker_transport_options
+        self._transport_options: dict[str, Any] = dict(transport_options or {})
         self._enable_events = enable_events
         self._heartbeat = heartbeat
         self.enable_events_interval = float(enable_events_interval)
@@ -193,7 +191,6 @@ class EventConsumer:
             and ";" not in broker_url
             and "master_name" not in self._transport_options
         )
-        self._is_redis = scheme in REDIS_SCHEMES
         self._split = split_reader or not self._fast
         self._buffer_limit = max(1, int(buffer_bytes))
         self._connect_timeout = connect_timeout
