@@ -272,9 +272,6 @@ def test_a_hanging_task_raises_a_stuck_alert_with_a_revoke_button(
     make_rig: Callable[..., Rig], celery_worker: Callable[..., CeleryWorkerProcess]
 ) -> None:
     rig = make_rig(stuck_after=1.0)
-    # No task-sent event: under load it can arrive after task-started with a later timestamp,
-    # and MemoryStore then moves the running task back to PENDING (reported, not ours to fix).
-    rig.producer.conf.task_send_sent_event = False
     rig.start_consumer()
     start_worker(celery_worker, rig)
     task_id = rig.producer.send_task(HANG, (60.0,)).id
