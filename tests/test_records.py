@@ -26,7 +26,7 @@ def test_create_only_if_absent_and_records_are_copies() -> None:
     assert not records.create("approval", "a1", {"status": "other"})
     got = records.get("approval", "a1")
     assert got == {"status": "pending", "targets": ["x"]}
-    got["targets"].append("y")  # type: ignore[index]
+    got["targets"].append("y")
     assert records.get("approval", "a1") == {"status": "pending", "targets": ["x"]}
 
 

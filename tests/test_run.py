@@ -97,7 +97,8 @@ def test_run_serves_slack_and_an_approved_terminate_reaches_the_worker(
                 channel_id=CHANNEL,
                 response_url=slack.response_url("revoke"),
             )
-            assert post_signed(events_url, body, signing_secret=SECRET, content_type=FORM).status == 200
+            sent = post_signed(events_url, body, signing_secret=SECRET, content_type=FORM)
+            assert sent.status == 200
             answers = slack.wait_for_response("revoke", count=1, timeout=15)
             return "Posted in this channel" in str(answers[-1].params)
 
@@ -115,7 +116,8 @@ def test_run_serves_slack_and_an_approved_terminate_reaches_the_worker(
             message_ts=card_ts, response_url=slack.response_url("self"),
             message_blocks=posted.params["blocks"],
         )
-        assert post_signed(events_url, own, signing_secret=SECRET, content_type=FORM).status == 200
+        sent = post_signed(events_url, own, signing_secret=SECRET, content_type=FORM)
+        assert sent.status == 200
         refusal = slack.wait_for_response("self", timeout=15)[-1]
         assert "another approver" in str(refusal.params)
         assert running()
@@ -125,7 +127,8 @@ def test_run_serves_slack_and_an_approved_terminate_reaches_the_worker(
             message_ts=card_ts, response_url=slack.response_url("approve"),
             message_blocks=posted.params["blocks"],
         )
-        assert post_signed(events_url, click, signing_secret=SECRET, content_type=FORM).status == 200
+        sent = post_signed(events_url, click, signing_secret=SECRET, content_type=FORM)
+        assert sent.status == 200
         wait_until(lambda: not running(), timeout=30, what="the task terminated on the worker")
         updates = slack.wait_for("chat.update", count=1, timeout=15)
         assert all(u.params["ts"] == card_ts for u in updates)
@@ -184,4 +187,6 @@ def test_run_without_required_settings_names_the_first_missing_one() -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 2
-    assert done.stderr.strip() == "celery-chatops: configuration error: CELERY_BROKER_URL: required but not set"
+    assert done.stderr.strip() == (
+        "celery-chatops: configuration error: CELERY_BROKER_URL: required but not set"
+    )

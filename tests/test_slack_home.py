@@ -18,7 +18,7 @@ import pytest
 
 from chatbot.commands import CommandContext
 from chatbot.config import Settings
-from chatbot.render import Renderer
+from chatbot.render import Message, Renderer
 from chatbot.service import Service
 from chatbot.slack import (
     HttpServer,
@@ -228,6 +228,9 @@ class _BrokenHome:
 
     def metrics_text(self) -> str:
         return ""
+
+    def channel_posted(self, message: Message, channel_id: str, ts: str) -> None:
+        raise AssertionError("the Home tab posts nothing in channels")
 
 
 def test_a_failing_home_template_publishes_an_error_not_a_traceback(redis_url: str) -> None:

@@ -291,7 +291,8 @@ def test_queries_by_state_name_worker_and_since_come_newest_first() -> None:
     for i in range(10):
         run_task(store, T0 + 10 * i, outcome="fail" if i % 2 else "ok", name=f"proj.t{i % 3}")
     failures = store.tasks(state=FAILURE)
-    assert [t.finished for t in failures] == sorted((t.finished for t in failures), reverse=True)
+    finished = [t.finished or 0.0 for t in failures]
+    assert finished == sorted(finished, reverse=True)
     assert len(failures) == 5
     assert all(t.state == FAILURE for t in failures)
     recent = store.tasks(state=FAILURE, since=T0 + 50)
