@@ -86,6 +86,13 @@ def _slack_ids(name: str, raw: str) -> tuple[str, ...]:
     return ids
 
 
+def _console_user(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value and not re.match(r"^[UW][A-Z0-9]{2,}$", value):
+        raise ConfigError(f"{name}: {value!r} is not a Slack user ID (U...)")
+    return value
+
+
 def _channel_id(name: str, raw: str) -> str:
     value = raw.strip()
     if value and not _CHANNEL_ID.match(value):
@@ -229,6 +236,11 @@ class Settings:
     enable_events_interval: float = field(
         default=30.0,
         metadata={"env": "CHATOPS_ENABLE_EVENTS_INTERVAL", "parse": _float_parser(0)},
+    )
+    # Who the person at ``celery-chatops console`` is, for operator checks: a Slack user ID
+    # listed in CHATOPS_OPERATORS lets the console request (and approve) control actions.
+    console_user: str = field(
+        default="", metadata={"env": "CHATOPS_CONSOLE_USER", "parse": _console_user}
     )
     state_prefix: str = field(
         default="chatops", metadata={"env": "CHATOPS_STATE_PREFIX", "parse": _str}

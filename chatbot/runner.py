@@ -64,7 +64,8 @@ def make_console(
     """A console whose commands can ask its own yes/no prompt (e.g. to approve a revoke)."""
     console = Console(_not_wired, stdin, stdout, banner=banner)
     # The runner needs the console's prompt and the console needs the runner: tie the knot.
-    console.run_command = console_runner(service, confirm=console.confirm)
+    user = service.settings.console_user or CONSOLE_USER
+    console.run_command = console_runner(service, user_id=user, confirm=console.confirm)
     return console
 
 

@@ -60,6 +60,7 @@ def test_explicitly_empty_approvers_means_nobody() -> None:
         ({"CHATOPS_ALERT_CHANNEL": "#alerts"}, "CHATOPS_ALERT_CHANNEL"),
         ({"CHATOPS_SELF_APPROVAL": "maybe"}, "CHATOPS_SELF_APPROVAL"),
         ({"CHATOPS_CHECK_INTERVAL": "-1"}, "CHATOPS_CHECK_INTERVAL"),
+        ({"CHATOPS_CONSOLE_USER": "alice"}, "CHATOPS_CONSOLE_USER"),
         ({"SLACK_API_URL": "slack.com"}, "SLACK_API_URL"),
         ({"CHATOPS_SNAPSHOT_PATH": "/tmp/x", "CHATOPS_STATE_URL": "redis://h/0"},
          "CHATOPS_SNAPSHOT_PATH"),
