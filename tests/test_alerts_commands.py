@@ -86,6 +86,7 @@ def test_operators_mute_and_unmute_and_the_alert_message_shows_it(
     fire(bot)
     reply = to_text(bot.run("mute backlog:celery 1h"))
     assert "Muted backlog:celery for 1h" in reply and "Covers 1 open alert" in reply
+    assert "muted until" in to_text(bot.run("alerts"))
     assert bot.sender.flush(10)
     (edit,) = api.calls("chat.update")
     assert "muted until" in json.dumps(edit.params["blocks"])

@@ -166,6 +166,7 @@ class AlertsOverview:
     open: list[dict[str, Any]]  # open, pending and failed alert records, most severe first
     recent: list[dict[str, Any]]  # resolved, still within the cooldown
     silences: list[Silence]
+    muted: dict[str, Silence]  # open alert key -> the silence covering it
     suppressed: list[str]
     last_check_at: float | None
     sender: SenderHealth | None
@@ -253,12 +254,19 @@ class AlertManager:
             and float(r.get("resolved_at") or 0.0) + self.cooldown > now
         ]
         recent.sort(key=lambda r: -(r.get("resolved_at") or 0))
+        silences = self.silences(now)
+        muted = {
+            r["key"]: covering
+            for r in active
+            if (covering := _covering(silences, r["key"])) is not None
+        }
         return AlertsOverview(
             enabled=self.enabled,
             channel=self.channel,
             open=active,
             recent=recent,
-            silences=self.silences(now),
+            silences=silences,
+            muted=muted,
             suppressed=list(self._last_result.suppressed),
             last_check_at=self._last_check_at,
             sender=self.sender.health(),
