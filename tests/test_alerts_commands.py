@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 from slack_sdk import WebClient
 
-from chatbot.alerts.manager import AlertManager
+from chatbot.alerts.actions import command_for_click
+from chatbot.alerts.manager import REVOKE_ACTION_ID, TERMINATE_ACTION_ID, AlertManager
 from chatbot.alerts.rules import Evaluation, backlog_conditions
 from chatbot.alerts.sender import SlackSender
 from chatbot.auth import Authorizer
@@ -119,3 +120,11 @@ def test_alerts_off_without_a_channel(api: MockSlackAPI) -> None:
         assert "Alerts are off" in to_text(bot.run("alerts"))
     finally:
         bot.sender.stop()
+
+
+def test_a_button_click_is_the_typed_revoke_command() -> None:
+    assert command_for_click(REVOKE_ACTION_ID, "9f1c-task") == "revoke 9f1c-task"
+    assert command_for_click(TERMINATE_ACTION_ID, "9f1c") == "revoke 9f1c --terminate"
+    for forged in ("a --terminate", "--name x", "", "a\nb", "x'y"):
+        assert command_for_click(REVOKE_ACTION_ID, forged) is None
+    assert command_for_click("chatops_approve", "9f1c") is None

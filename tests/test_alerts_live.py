@@ -19,17 +19,25 @@ import redis
 from celery import Celery
 from slack_sdk import WebClient
 
+from chatbot.alerts.actions import command_for_click
 from chatbot.alerts.manager import (
     OPEN,
     RESOLVED,
     REVOKE_ACTION_ID,
+    TERMINATE_ACTION_ID,
     AlertManager,
 )
 from chatbot.alerts.scheduler import AlertScheduler, CheckResult
 from chatbot.alerts.sender import SlackSender
+from chatbot.approvals import ApprovalService, approval_id_of
+from chatbot.audit import AuditLog
+from chatbot.auth import Authorizer
 from chatbot.broker import BrokerReader
+from chatbot.commands import CommandContext, Dispatcher, build_registry
+from chatbot.commands.control import register_control_commands
 from chatbot.config import Settings
 from chatbot.consumer import EventConsumer
+from chatbot.control import FleetControl
 from chatbot.model import StreamHealth
 from chatbot.render import Renderer
 from chatbot.store import RecordStore
@@ -43,6 +51,8 @@ from tests.conftest import unique_hostname
 from tests.fleet_app import ADD, FAIL, HANG, make_app
 
 CHANNEL = "C0ALERTS"
+OPERATOR = "U0OPERATOR"
+APPROVER = "U0APPROVER"
 DEADLINE = 60.0
 HEARTBEAT = 2.0  # seconds between worker heartbeats (Celery's default): expiry after 2 missed
 KILL_HEARTBEAT = 1.0  # shorter where the expiry is what the test waits for
@@ -268,7 +278,7 @@ def test_three_failures_raise_one_spike_alert_naming_the_exception(
 
 
 # -- stuck tasks ---------------------------------------------------------------------------------
-def test_a_hanging_task_raises_a_stuck_alert_with_a_revoke_button(
+def test_a_hanging_task_raises_a_stuck_alert_whose_button_revokes_it(
     make_rig: Callable[..., Rig], celery_worker: Callable[..., CeleryWorkerProcess]
 ) -> None:
     rig = make_rig(stuck_after=1.0)
@@ -285,8 +295,30 @@ def test_a_hanging_task_raises_a_stuck_alert_with_a_revoke_button(
     assert revoke["value"] == task_id
     assert HANG in json.dumps(parent.params["blocks"])
 
-    # What the button leads to once approved: revoke with terminate.
-    rig.producer.control.revoke(task_id, terminate=True, signal="SIGKILL")
+    # The click, as the Slack layer handles it: the typed command, run as the clicking
+    # operator, through the real approval flow; then an approver's decision.
+    terminate = next(e for e in actions["elements"] if e["action_id"] == TERMINATE_ACTION_ID)
+    line = command_for_click(TERMINATE_ACTION_ID, terminate["value"])
+    assert line == f"revoke {task_id} --terminate"
+    settings = Settings(operators=(OPERATOR, APPROVER), approvers=(APPROVER,))
+    approvals = ApprovalService(
+        MemoryRecordStore(),
+        FleetControl(rig.producer, timeout=2.0),
+        rig.store,
+        Authorizer.from_settings(settings),
+        AuditLog(),
+        settings,
+        confirm_timeout=30,
+    )
+    renderer = Renderer()
+    dispatcher = Dispatcher(register_control_commands(build_registry(), approvals), renderer)
+    ctx = CommandContext(store=rig.store, settings=settings, renderer=renderer,
+                         user_id=OPERATOR, channel_id=CHANNEL)  # fmt: skip
+    card = dispatcher.run(line, ctx)
+    approval_id = approval_id_of(card)
+    assert approval_id is not None, card
+    outcome = approvals.decide(approval_id, APPROVER, approve=True)
+    assert outcome.result == "approved"
     wait_until(
         lambda: (t := rig.store.get_task(task_id)) is not None and t.state == "REVOKED",
         DEADLINE,

@@ -16,11 +16,13 @@ Wiring (the service does this when ``CHATOPS_ALERT_CHANNEL`` is set)::
 
 ``sender.health()`` and ``scheduler.health()`` (both with ``as_dict()``) are what ``status`` and
 ``/healthz`` show about alerting. The stuck-task alert carries buttons with ``action_id``
-:data:`REVOKE_ACTION_ID` / :data:`TERMINATE_ACTION_ID` and the task id as ``value``.
+:data:`REVOKE_ACTION_ID` / :data:`TERMINATE_ACTION_ID` and the task id as ``value``;
+:func:`command_for_click` turns a click into the ``revoke`` command line to run as the clicker.
 """
 
 from __future__ import annotations
 
+from chatbot.alerts.actions import ALERT_ACTION_IDS, command_for_click
 from chatbot.alerts.facts import QueueHistory, collect_facts
 from chatbot.alerts.manager import (
     REVOKE_ACTION_ID,
@@ -37,6 +39,7 @@ from chatbot.alerts.scheduler import AlertScheduler, CheckResult, SchedulerHealt
 from chatbot.alerts.sender import SenderHealth, SendResult, SlackSender
 
 __all__ = [
+    "ALERT_ACTION_IDS",
     "REVOKE_ACTION_ID",
     "TERMINATE_ACTION_ID",
     "AlertManager",
@@ -54,6 +57,7 @@ __all__ = [
     "Silence",
     "SlackSender",
     "collect_facts",
+    "command_for_click",
     "evaluate",
     "pattern_matches",
     "validate_pattern",
