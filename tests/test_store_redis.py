@@ -25,7 +25,12 @@ from chatbot.redaction import WITHHELD
 from chatbot.store import FleetStore, RecordStore
 from chatbot.store.factory import open_stores
 from chatbot.store.memory import MemoryStore
-from chatbot.store.redis import RedisFleetStore, RedisRecordStore, StoreUnavailable
+from chatbot.store.redis import (
+    RedisFleetStore,
+    RedisRecordStore,
+    RedisStore,
+    StoreUnavailable,
+)
 from chatbot.testing import wait_until
 from tests.test_state import (
     T0,
@@ -110,9 +115,17 @@ def test_a_task_lifecycle_keeps_every_field(make_backend: MakeBackend) -> None:
     store.apply(
         [
             {
-                "type": "task-sent", "uuid": uuid, "name": "proj.add", "args": "(1, 2)",
-                "kwargs": "{'x': 1}", "queue": "math", "routing_key": "math.add",
-                "root_id": uuid, "parent_id": None, "retries": 0, "hostname": "client@host",
+                "type": "task-sent",
+                "uuid": uuid,
+                "name": "proj.add",
+                "args": "(1, 2)",
+                "kwargs": "{'x': 1}",
+                "queue": "math",
+                "routing_key": "math.add",
+                "root_id": uuid,
+                "parent_id": None,
+                "retries": 0,
+                "hostname": "client@host",
                 "timestamp": T0,
             },
             received(uuid, T0 + 1),
@@ -171,8 +184,12 @@ def test_a_retry_moves_forward_but_a_stale_duplicate_does_not(make_backend: Make
     store = make_backend()
     uuid = new_id()
     retried = {
-        "type": "task-retried", "uuid": uuid, "exception": "ConnectionError('db')",
-        "traceback": "tb", "hostname": "w1@host", "timestamp": T0 + 2,
+        "type": "task-retried",
+        "uuid": uuid,
+        "exception": "ConnectionError('db')",
+        "traceback": "tb",
+        "hostname": "w1@host",
+        "timestamp": T0 + 2,
     }
     store.apply([received(uuid, T0), started(uuid, T0 + 1), retried])
     assert store.get_task(uuid).state == RETRY
@@ -190,8 +207,10 @@ def test_a_requeued_rejection_is_waiting_again(make_backend: MakeBackend) -> Non
     store = make_backend()
     uuid = new_id()
     store.apply(
-        [received(uuid, T0),
-         {"type": "task-rejected", "uuid": uuid, "requeue": True, "timestamp": T0 + 1}]
+        [
+            received(uuid, T0),
+            {"type": "task-rejected", "uuid": uuid, "requeue": True, "timestamp": T0 + 1},
+        ]
     )
     task = store.get_task(uuid)
     assert task.state == PENDING and task.finished is None
@@ -285,7 +304,9 @@ def test_queries_come_newest_first(make_backend: MakeBackend) -> None:
     failures = store.tasks(state=FAILURE)
     assert [t.finished for t in failures] == [T0 + 92, T0 + 72, T0 + 52, T0 + 32, T0 + 12]
     assert {t.finished for t in store.tasks(state=FAILURE, since=T0 + 50)} == {
-        T0 + 52, T0 + 72, T0 + 92,
+        T0 + 52,
+        T0 + 72,
+        T0 + 92,
     }
     assert len(store.tasks(limit=3)) == 3
     assert [t.finished for t in store.tasks(limit=2)] == [T0 + 92, T0 + 82]
@@ -320,8 +341,11 @@ def test_failure_window_and_runtime_percentiles(make_backend: MakeBackend) -> No
     for i in range(1, 101):
         uuid = new_id()
         store.apply(
-            [received(uuid, T0 + i, name="proj.slow"), started(uuid, T0 + i),
-             succeeded(uuid, T0 + i + 1, runtime=float(i))]
+            [
+                received(uuid, T0 + i, name="proj.slow"),
+                started(uuid, T0 + i),
+                succeeded(uuid, T0 + i + 1, runtime=float(i)),
+            ]
         )
     stats = store.runtime_stats("proj.slow")
     assert (stats.count, stats.p50, stats.p95, stats.p99, stats.max) == (100, 50, 95, 99, 100)
@@ -333,10 +357,25 @@ def test_workers_heartbeats_caps_and_inspect_info(make_backend: MakeBackend) -> 
     store = make_backend(max_workers=3)
     store.apply(
         [
-            {"type": "worker-online", "hostname": "w1@host", "freq": 2.0, "local_received": T0,
-             "sw_ident": "py-celery", "sw_ver": "5.7.0", "sw_sys": "Linux", "timestamp": T0},
-            {"type": "worker-heartbeat", "hostname": "w1@host", "freq": 2.0, "active": 3,
-             "processed": 40, "loadavg": [0.5, 0.4, 0.3], "local_received": T0 + 2},
+            {
+                "type": "worker-online",
+                "hostname": "w1@host",
+                "freq": 2.0,
+                "local_received": T0,
+                "sw_ident": "py-celery",
+                "sw_ver": "5.7.0",
+                "sw_sys": "Linux",
+                "timestamp": T0,
+            },
+            {
+                "type": "worker-heartbeat",
+                "hostname": "w1@host",
+                "freq": 2.0,
+                "active": 3,
+                "processed": 40,
+                "loadavg": [0.5, 0.4, 0.3],
+                "local_received": T0 + 2,
+            },
         ]
     )
     worker = store.get_worker("w1@host")
@@ -395,14 +434,28 @@ def _random_stream(seed: int, tasks: int) -> list[dict[str, Any]]:
         elif roll < 0.8:
             life.append(failed(uuid, ts + 0.3))
         elif roll < 0.9:
-            life.append({"type": "task-revoked", "uuid": uuid, "terminated": True,
-                         "signum": "15", "timestamp": ts + 0.4})
+            life.append(
+                {
+                    "type": "task-revoked",
+                    "uuid": uuid,
+                    "terminated": True,
+                    "signum": "15",
+                    "timestamp": ts + 0.4,
+                }
+            )
         events.extend(life)
         if rng.random() < 0.1:
             events.append(rng.choice(life))  # a duplicate
         if i % 25 == 0:
-            events.append({"type": "worker-heartbeat", "hostname": host, "active": i,
-                           "local_received": ts, "freq": 2.0})
+            events.append(
+                {
+                    "type": "worker-heartbeat",
+                    "hostname": host,
+                    "active": i,
+                    "local_received": ts,
+                    "freq": 2.0,
+                }
+            )
     # late arrivals: swap some neighbours
     for _ in range(len(events) // 10):
         j = rng.randrange(len(events) - 1)
@@ -479,9 +532,12 @@ def test_caps_hold_in_redis_under_a_flood_of_ten_times_max_tasks(redis_url: str)
             outcome = failed(uuid, T0 + i + 2) if i % 9 == 0 else succeeded(uuid, T0 + i + 2)
             host = f"w{i % 40}@host"
             store.apply(
-                [received(uuid, T0 + i, name=f"proj.t{i % 13}", hostname=host),
-                 started(uuid, T0 + i + 1, hostname=host), outcome,
-                 {"type": "worker-heartbeat", "hostname": host, "local_received": T0 + i}]
+                [
+                    received(uuid, T0 + i, name=f"proj.t{i % 13}", hostname=host),
+                    started(uuid, T0 + i + 1, hostname=host),
+                    outcome,
+                    {"type": "worker-heartbeat", "hostname": host, "local_received": T0 + i},
+                ]
             )
         assert store.flush(timeout=30)
         client = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -523,9 +579,14 @@ def test_history_survives_a_restart_and_the_new_writer_continues_it(redis_url: s
     first.start_writer(wait=True, timeout=30)
     done, running = new_id(), new_id()
     first.apply(
-        [received(done, T0), started(done, T0 + 1), succeeded(done, T0 + 2, runtime=1.5),
-         received(running, T0 + 3, name="proj.long"), started(running, T0 + 4),
-         {"type": "worker-heartbeat", "hostname": "w1@host", "local_received": T0 + 4}]
+        [
+            received(done, T0),
+            started(done, T0 + 1),
+            succeeded(done, T0 + 2, runtime=1.5),
+            received(running, T0 + 3, name="proj.long"),
+            started(running, T0 + 4),
+            {"type": "worker-heartbeat", "hostname": "w1@host", "local_received": T0 + 4},
+        ]
     )
     assert first.flush()
     before = (first.tasks(limit=100), first.workers(), first.health())
@@ -606,6 +667,18 @@ def test_two_replicas_answer_the_same(redis_url: str) -> None:
         reader.close()
 
 
+def test_a_standalone_redis_store_writes_before_apply_returns(redis_url: str) -> None:
+    store = RedisStore(redis_url)
+    reader = RedisFleetStore(redis_url)
+    try:
+        uuid = new_id()
+        assert store.apply([received(uuid, T0), started(uuid, T0 + 1)]) == 2
+        assert [t.uuid for t in reader.active()] == [uuid]  # no flush() needed
+    finally:
+        store.close()
+        reader.close()
+
+
 def test_a_writer_that_loses_its_turn_stops_writing(redis_url: str) -> None:
     store = RedisFleetStore(redis_url)
     store.start_writer(wait=True, timeout=30)
@@ -619,9 +692,7 @@ def test_a_writer_that_loses_its_turn_stops_writing(redis_url: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Outages
 # ---------------------------------------------------------------------------------------------
-def _outage(
-    server: EmbeddedRedis, store: RedisFleetStore, records: RedisRecordStore
-) -> list[str]:
+def _outage(server: EmbeddedRedis, store: RedisFleetStore, records: RedisRecordStore) -> list[str]:
     """Stop Redis, check reads fail clearly, apply a batch; returns its task ids."""
     server.stop()
     with pytest.raises(StoreUnavailable) as raised:
@@ -707,7 +778,8 @@ def test_records_create_get_list_delete_and_survive_a_restart(redis_url: str) ->
     restarted = RedisRecordStore(redis_url)
     assert restarted.get("approval", "a1") == {"status": "pending", "targets": ["x"]}
     assert restarted.list("approval") == [
-        {"status": "pending", "targets": ["x"]}, {"status": "pending"},
+        {"status": "pending", "targets": ["x"]},
+        {"status": "pending"},
     ]
     assert restarted.list("alert") == [{"open": True}]
     assert restarted.delete("approval", "a1") and not restarted.delete("approval", "a1")
@@ -765,7 +837,9 @@ def test_an_approval_is_decided_once_among_threads_of_one_replica(redis_url: str
         winners = _race(lambda _: records, clicks=16)
         assert len(winners) == 1
         assert records.get("approval", "a1") == {
-            "status": "approved", "by": winners[0], "round": round_,
+            "status": "approved",
+            "by": winners[0],
+            "round": round_,
         }
 
 
@@ -785,7 +859,11 @@ def test_transition_compares_with_python_equality(redis_url: str) -> None:
     assert records.transition("approval", "a1", "targets", ["a", "b"], {"x": 1}) is not None
     assert records.transition("approval", "a1", "absent", None, {"y": 2}) is not None
     assert records.get("approval", "a1") == {
-        "status": "pending", "n": 1, "targets": ["a", "b"], "x": 1, "y": 2,
+        "status": "pending",
+        "n": 1,
+        "targets": ["a", "b"],
+        "x": 1,
+        "y": 2,
     }
 
 

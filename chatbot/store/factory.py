@@ -78,9 +78,7 @@ class Stores:
         if isinstance(self.fleet, RedisFleetStore):
             self.fleet.set_health_source(source)
 
-    def start(
-        self, on_acquired: Callable[[], None], on_lost: Callable[[], None]
-    ) -> LeaseKeeper:
+    def start(self, on_acquired: Callable[[], None], on_lost: Callable[[], None]) -> LeaseKeeper:
         """Load the snapshot (memory), then keep the lease and run ``on_acquired`` /
         ``on_lost`` around this replica's turns as the writer."""
         if self.keeper is not None:

@@ -36,6 +36,8 @@ hash-tagged: Redis Cluster is not supported.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import json
 import logging
 import threading
@@ -79,6 +81,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "RedisFleetStore",
     "RedisRecordStore",
+    "RedisStore",
     "StoreUnavailable",
     "connect",
 ]
@@ -91,7 +94,10 @@ RedisClient: TypeAlias = redis.Redis
 _MAX_FAILURE_TIMES = 100_000  # per name, as MemoryStore's deque
 _MAX_EVENT_TYPES = 64
 _MAX_METRIC_LABELS = 20_000  # label sets kept in Redis, as MemoryStore bounds its own
-_WRITE_CHUNK = 5000  # tasks per transaction when a large backlog is written
+# Task writes and deletes per transaction: a flood or a backlog after an outage is written in
+# several, so Redis never blocks readers for long (at the cost of a reader possibly seeing one
+# chunk written and the next not yet).
+_WRITE_CHUNK = 2000
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 2.0
 _CONSUMER_FIELDS = (
@@ -108,9 +114,7 @@ class StoreUnavailable(RuntimeError):
     """The shared state store (Redis) cannot answer; ``str(err)`` is one line for a reply."""
 
 
-def connect(
-    url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0
-) -> RedisClient:
+def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0) -> RedisClient:
     """A client for the state store: string replies, bounded timeouts, one quick retry.
 
     The single retry reconnects a pooled connection that died with a Redis restart; more
@@ -152,6 +156,26 @@ def _guard(client: RedisClient) -> Iterator[None]:
         yield
     except redis.exceptions.RedisError as exc:
         raise _unavailable(client, exc) from exc
+
+
+# Optional: orjson encodes the records written per flush about three times faster than json.
+_orjson: Any = (
+    importlib.import_module("orjson") if importlib.util.find_spec("orjson") is not None else None
+)
+
+_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _encode(value: Any) -> bytes | str:
+    if _orjson is not None:
+        return _orjson.dumps(value)
+    return _json_encode(value)
+
+
+def _loads(raw: str | bytes) -> Any:
+    if _orjson is not None:
+        return _orjson.loads(raw)
+    return json.loads(raw)
 
 
 def _score(value: float | None) -> str:
@@ -229,6 +253,97 @@ return out
 """
 
 
+# ARGV[1]: the key prefix, then flat ops, two or three arguments each (KEYS[1]: the task hash):
+#   uuid "r" record      -- the record only (indexes unchanged)
+#   uuid meta record     -- a new or changed task: its record, then its index entries moved
+#   uuid meta            -- an evicted task: its record and index entries go
+# meta is "<op>\31<ts>\31<state>\31<name>\31<worker>\31<old state>\31<old name>\31<old worker>"
+# with op n (new), c (changed) or d (deleted); an empty field means none (the store ignores
+# empty names and hostnames). One argument instead of eight: packing arguments is what costs
+# the writer most. A name containing \31 cannot be split like this; the writer never sends one
+# (see _meta).
+_WRITE_TASKS = """
+local p = ARGV[1]
+local tasks = KEYS[1]
+local ids, recent = p .. ':idx:ids', p .. ':idx:recent'
+local sp, np, wp, fp = p .. ':idx:state:', p .. ':idx:name:', p .. ':idx:worker:',
+                       p .. ':idx:failed:'
+local i, n = 2, #ARGV
+local f = {}
+while i <= n do
+  local id, meta = ARGV[i], ARGV[i + 1]
+  if meta == 'r' then
+    redis.call('HSET', tasks, id, ARGV[i + 2])
+    i = i + 3
+  else
+    local k, start = 1, 1
+    while true do
+      local stop = string.find(meta, '\\31', start, true)
+      if not stop then
+        f[k] = string.sub(meta, start)
+        break
+      end
+      f[k] = string.sub(meta, start, stop - 1)
+      k, start = k + 1, stop + 1
+    end
+    local op, ts, st, nm, wk, ost, onm, owk = f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]
+    if op == 'd' then
+      redis.call('HDEL', tasks, id)
+      redis.call('ZREM', ids, id)
+      redis.call('ZREM', recent, id)
+      redis.call('ZREM', sp .. ost, id)
+      if onm ~= '' then redis.call('ZREM', np .. onm, id) end
+      if owk ~= '' then redis.call('ZREM', wp .. owk, id) end
+      if ost == 'FAILURE' then redis.call('ZREM', fp .. (onm ~= '' and onm or '?'), id) end
+      i = i + 2
+    else
+      redis.call('HSET', tasks, id, ARGV[i + 2])
+      if op == 'n' then redis.call('ZADD', ids, 0, id) end
+      redis.call('ZADD', recent, ts, id)
+      redis.call('ZADD', sp .. st, ts, id)
+      if ost ~= '' and ost ~= st then redis.call('ZREM', sp .. ost, id) end
+      if nm ~= '' then redis.call('ZADD', np .. nm, ts, id) end
+      if onm ~= '' and onm ~= nm then redis.call('ZREM', np .. onm, id) end
+      if wk ~= '' then redis.call('ZADD', wp .. wk, ts, id) end
+      if owk ~= '' and owk ~= wk then redis.call('ZREM', wp .. owk, id) end
+      local failed = false
+      if st == 'FAILURE' then
+        failed = fp .. (nm ~= '' and nm or '?')
+        redis.call('ZADD', failed, ts, id)
+      end
+      if ost == 'FAILURE' then
+        local was = fp .. (onm ~= '' and onm or '?')
+        if was ~= failed then redis.call('ZREM', was, id) end
+      end
+      i = i + 3
+    end
+  end
+end
+return 1
+"""
+_SEP = "\x1f"
+
+
+def _meta(
+    op: str, ts: float, state: str, name: str | None, worker: str | None, old: _Indexed | None
+) -> str:
+    fields = [
+        op,
+        repr(ts),
+        state,
+        name or "",
+        worker or "",
+        old.state if old is not None else "",
+        (old.name or "") if old is not None else "",
+        (old.worker or "") if old is not None else "",
+    ]
+    for i in (3, 4, 6, 7):
+        if _SEP in fields[i]:
+            # Not a name Celery would send; indexed under a lookalike rather than mis-split.
+            fields[i] = fields[i].replace(_SEP, "?")
+    return _SEP.join(fields)
+
+
 class _Keys:
     """Key names under one prefix. Task and worker names are used verbatim as key tails."""
 
@@ -277,13 +392,27 @@ class _Keys:
     def fleet_patterns(self) -> list[str]:
         """SCAN patterns of every fleet key (not records, not leases)."""
         fixed = [
-            self.tasks, self.workers, self.health, self.live, self.mark, self.ids, self.recent,
-            self.names, self.seen, self.fnames, self.metric_events, self.metric_runtimes,
+            self.tasks,
+            self.workers,
+            self.health,
+            self.live,
+            self.mark,
+            self.ids,
+            self.recent,
+            self.names,
+            self.seen,
+            self.fnames,
+            self.metric_events,
+            self.metric_runtimes,
             self.metric_dropped,
         ]
         families = [
-            self.state_prefix, self.name_prefix, self.worker_prefix, self.failed_prefix,
-            self.ftimes_prefix, self.runtimes_prefix,
+            self.state_prefix,
+            self.name_prefix,
+            self.worker_prefix,
+            self.failed_prefix,
+            self.ftimes_prefix,
+            self.runtimes_prefix,
         ]
         return [_glob_escape(k) for k in fixed] + [_glob_escape(k) + "*" for k in families]
 
@@ -395,6 +524,7 @@ class RedisFleetStore:
         heartbeat_expire_factor: float = 2.0,
         flush_interval: float = 0.005,
         live_interval: float = 1.0,
+        counters_interval: float = 5.0,
         load_buffer: int = 200_000,
     ) -> None:
         if max_tasks < 1 or max_workers < 1:
@@ -413,8 +543,12 @@ class RedisFleetStore:
         self._failure_horizon = failure_horizon
         self.flush_interval = flush_interval
         self.live_interval = live_interval
+        # /metrics counters are copied and diffed whole (thousands of label sets): not per
+        # flush; a scrape interval is 15 s or more anyway.
+        self.counters_interval = counters_interval
         self._query = self.client.register_script(_QUERY)
         self._failure_counts = self.client.register_script(_FAILURE_COUNTS)
+        self._write_tasks = self.client.register_script(_WRITE_TASKS)
 
         self._mode = _READER
         self._mode_lock = threading.Lock()
@@ -667,6 +801,7 @@ class RedisFleetStore:
         pending = _Pending()
         backoff = _BACKOFF_FIRST
         last_live = 0.0
+        last_counters = 0.0
         last_round = 0.0
         failing = False
         stop_deadline: float | None = None
@@ -678,7 +813,7 @@ class RedisFleetStore:
                 if stop_deadline is None:
                     stop_deadline = time.monotonic() + 5.0
             elif not failing:
-                self._wake.wait(self.live_interval)
+                self._wake.wait(min(self.live_interval, self.counters_interval))
                 self._wake.clear()
                 # Let a few milliseconds of events coalesce into one round trip.
                 pause = last_round + self.flush_interval - time.monotonic()
@@ -689,14 +824,18 @@ class RedisFleetStore:
             pending.merge(writer.memory.drain_changes(), writer.shadow or {})
             pending.add_samples(writer, *writer.memory.drain_samples())
             self._pending_count = pending.size()
-            periodic = last_round - last_live >= self.live_interval
-            live_due = periodic and self._health_source is not None
+            live_due = (
+                self._health_source is not None and last_round - last_live >= self.live_interval
+            )
+            counters_due = last_round - last_counters >= self.counters_interval
             try:
                 if pending or live_due:
                     self._write(writer, pending, live_due)
-                if periodic:
+                    if live_due:
+                        last_live = last_round
+                if counters_due:
                     self._publish_counters(writer)
-                    last_live = last_round
+                    last_counters = last_round
             except redis.exceptions.RedisError as exc:
                 self._mark_failure(exc)
                 failing = True
@@ -740,11 +879,11 @@ class RedisFleetStore:
                 self._resync(writer, pending)
             health = self._combined_health(writer) if pending.health is not None else None
             chunk = pending.take(_WRITE_CHUNK)
-            last = not pending.tasks
+            last = not pending.has_records
             plan = _Plan(self, writer, chunk)
             pipe = self.client.pipeline(transaction=True)
             pipe.get(self.keys.mark)
-            plan.emit(pipe)
+            plan.emit(pipe, self._write_tasks)
             if last:
                 if chunk.workers or chunk.gone_workers:
                     self._emit_workers(pipe, chunk)
@@ -795,9 +934,11 @@ class RedisFleetStore:
             if before is not None and before.count == histogram.count:
                 continue
             stored = base.runtimes.get(pair)
-            if stored is None and before is None and len(base.runtimes) + len(
-                runtimes
-            ) >= _MAX_METRIC_LABELS:
+            if (
+                stored is None
+                and before is None
+                and len(base.runtimes) + len(runtimes) >= _MAX_METRIC_LABELS
+            ):
                 continue
             stored = stored or RuntimeHistogram()
             merged = [a + b for a, b in zip(stored.buckets, histogram.buckets, strict=False)]
@@ -1056,6 +1197,39 @@ class RedisFleetStore:
             return int(self.client.zcard(self.keys.ids))
 
 
+class RedisStore(RedisFleetStore):
+    """A standalone writer with no lease, for one process on its own (a tool, a benchmark):
+    the writer from construction, and ``apply`` returns once its batch is in Redis.
+
+    The service uses :class:`RedisFleetStore` behind the lease instead, whose ``apply`` does
+    not wait (and so coalesces more). Raises :class:`StoreUnavailable` if Redis cannot be
+    loaded from within ``timeout``.
+    """
+
+    def __init__(
+        self,
+        client_or_url: RedisClient | str,
+        prefix: str = DEFAULT_PREFIX,
+        *,
+        timeout: float = 60.0,
+        **options: Any,
+    ) -> None:
+        options.setdefault("flush_interval", 0.0)
+        super().__init__(client_or_url, prefix, **options)
+        self.write_timeout = timeout
+        if not self.start_writer(wait=True, timeout=timeout):
+            self.stop_writer(flush=False)
+            raise StoreUnavailable(
+                f"state store unavailable: Redis at {_where(self.client)}: "
+                f"could not load the stored state within {timeout:g}s"
+            )
+
+    def apply(self, events: Iterable[Mapping[str, Any]]) -> int:
+        applied = super().apply(events)
+        self.flush(timeout=self.write_timeout)
+        return applied
+
+
 # -- the writer's bookkeeping ------------------------------------------------------------------
 class _Pending:
     """Changes drained from the state machine and not yet written, coalesced per record."""
@@ -1124,18 +1298,28 @@ class _Pending:
         if changes.health != self._last_health:
             self.health = self._last_health = changes.health
 
+    @property
+    def has_records(self) -> bool:
+        return bool(self.tasks or self.removed)
+
     def take(self, size: int) -> _Pending:
-        """Remove and return up to ``size`` tasks (removals and workers come with the first)."""
+        """Remove and return up to ``size`` task writes and deletes; samples come with the
+        first chunk, workers with the last."""
         chunk = _Pending()
         if len(self.tasks) <= size:
             chunk.tasks, self.tasks = self.tasks, {}
         else:
             for uuid in list(self.tasks)[:size]:
                 chunk.tasks[uuid] = self.tasks.pop(uuid)
-        chunk.removed, self.removed = self.removed, set()
+        room = size - len(chunk.tasks)
+        if len(self.removed) <= room:
+            chunk.removed, self.removed = self.removed, set()
+        else:
+            for _ in range(room):
+                chunk.removed.add(self.removed.pop())
         chunk.failures, self.failures = self.failures, []
         chunk.runtimes, self.runtimes = self.runtimes, []
-        if not self.tasks:
+        if not self.has_records:
             chunk.workers, self.workers = self.workers, {}
             chunk.gone_workers, self.gone_workers = self.gone_workers, set()
         return chunk
@@ -1154,7 +1338,13 @@ class _Pending:
 
 
 class _Plan:
-    """The Redis commands for one chunk of changes, and the bookkeeping to commit after it."""
+    """The Redis commands for one chunk of changes, and the bookkeeping to commit after it.
+
+    Task records and their index entries go to the ``_WRITE_TASKS`` script as flat ops: the
+    writer's shadow says what each task was indexed under, the script moves it. Doing the
+    index bookkeeping in Redis's process keeps it off this one's GIL, and a handful of
+    arguments per task costs far less to send than a dozen commands.
+    """
 
     def __init__(self, store: RedisFleetStore, writer: _Writer, chunk: _Pending) -> None:
         assert writer.shadow is not None and writer.name_counts is not None
@@ -1162,12 +1352,11 @@ class _Plan:
         self.writer = writer
         keys = store.keys
         shadow = writer.shadow
-        self.records: dict[str, str] = {}
-        self.zadd: dict[str, dict[str, float]] = {}
-        self.zrem: dict[str, list[str]] = {}
+        self.ops: list[str | bytes] = []
         self.deleted: list[str] = []
         self.runtimes: dict[str, list[float]] = {}
         self.failures: dict[str, float] = {}  # name -> latest failure time in this chunk
+        self.ftimes: dict[str, dict[str, float]] = {}
         self.name_delta: Counter[str] = Counter()
         self.touched: dict[str, float] = {}
         self.new_shadow: dict[str, _Indexed] = {}
@@ -1177,92 +1366,63 @@ class _Plan:
         self.keys = keys
         self._seen_after: OrderedDict[str, None] = writer.names_seen
 
-        zadd = self._zadd
-        zrem = self._zrem
+        ops = self.ops
+        name_delta = self.name_delta
         for uuid, task in chunk.tasks.items():
-            self.records[uuid] = _dumps(task_to_dict(task))
+            record = _encode(task_to_dict(task))
             old = shadow.get(uuid)
             entry = _indexed(task)
             if old == entry:
-                continue  # only fields outside the indexes changed (or a duplicate event)
+                # Only fields outside the indexes changed (or a duplicate event).
+                ops += (uuid, "r", record)
+                continue
             self.new_shadow[uuid] = entry
-            ts = task.state_ts
+            name = task.name
+            meta = _meta(
+                "n" if old is None else "c", task.state_ts, task.state, name, task.worker, old
+            )
+            ops += (uuid, meta, record)
             if old is None:
-                zadd(keys.ids, uuid, 0.0)
-            zadd(keys.recent, uuid, ts)
-            zadd(keys.state(task.state), uuid, ts)
-            if old is not None and old.state != task.state:
-                zrem(keys.state(old.state), uuid)
-            if task.name is not None:
-                zadd(keys.name(task.name), uuid, ts)
-            if old is not None and old.name is not None and old.name != task.name:
-                zrem(keys.name(old.name), uuid)
-            if (old.name if old is not None else None) != task.name:
-                if old is not None and old.name is not None:
-                    self.name_delta[old.name] -= 1
-                if task.name is not None:
-                    self.name_delta[task.name] += 1
-                    self.touched[task.name] = ts
-            if task.worker is not None:
-                zadd(keys.worker(task.worker), uuid, ts)
-            if old is not None and old.worker is not None and old.worker != task.worker:
-                zrem(keys.worker(old.worker), uuid)
-            old_failed = keys.failed(old.name) if old is not None and old.state == FAILURE else None
-            if task.state == FAILURE:
-                failed = keys.failed(task.name)
-                zadd(failed, uuid, ts)
-                if old_failed is not None and old_failed != failed:
-                    zrem(old_failed, uuid)
-            elif old_failed is not None:
-                zrem(old_failed, uuid)
-        # Statistics samples, as the state machine recorded them (they outlive evictions).
-        for name, when, member in chunk.failures:
-            zadd(keys.ftimes(name), member, when)
-            if when > self.failures.get(name, float("-inf")):
-                self.failures[name] = when
-        for name, runtime in chunk.runtimes:
-            self.runtimes.setdefault(name, []).append(runtime)
+                if name is not None:
+                    name_delta[name] += 1
+                    self.touched[name] = task.state_ts
+                continue
+            if old.name != name:
+                if old.name is not None:
+                    name_delta[old.name] -= 1
+                if name is not None:
+                    name_delta[name] += 1
+                    self.touched[name] = task.state_ts
+        deletes: dict[tuple[str, str | None, str | None], str] = {}
         for uuid in chunk.removed:
             old = shadow.get(uuid)
             if old is None:
                 continue
             self.deleted.append(uuid)
-            for key in (keys.ids, keys.recent, keys.state(old.state)):
-                zrem(key, uuid)
+            # Evicted tasks share a few (state, name, worker) combinations: build each once.
+            where = (old.state, old.name, old.worker)
+            gone = deletes.get(where)
+            if gone is None:
+                gone = deletes[where] = _meta("d", 0.0, "", None, None, old)
+            ops += (uuid, gone)
             if old.name is not None:
-                zrem(keys.name(old.name), uuid)
-                self.name_delta[old.name] -= 1
-            if old.worker is not None:
-                zrem(keys.worker(old.worker), uuid)
-            if old.state == FAILURE:
-                zrem(keys.failed(old.name), uuid)
+                name_delta[old.name] -= 1
+        # Statistics samples, as the state machine recorded them (they outlive evictions).
+        for name, when, member in chunk.failures:
+            self.ftimes.setdefault(name, {})[member] = when
+            if when > self.failures.get(name, float("-inf")):
+                self.failures[name] = when
+        for name, runtime in chunk.runtimes:
+            self.runtimes.setdefault(name, []).append(runtime)
 
-    def _zadd(self, key: str, member: str, score: float) -> None:
-        bucket = self.zadd.get(key)
-        if bucket is None:
-            self.zadd[key] = {member: score}
-        else:
-            bucket[member] = score
-
-    def _zrem(self, key: str, member: str) -> None:
-        bucket = self.zrem.get(key)
-        if bucket is None:
-            self.zrem[key] = [member]
-        else:
-            bucket.append(member)
-
-    def emit(self, pipe: Any) -> None:
+    def emit(self, pipe: Any, write_tasks: Any) -> None:
         keys = self.keys
         writer = self.writer
         assert writer.name_counts is not None and writer.names_seen is not None
-        if self.records:
-            pipe.hset(keys.tasks, mapping=self.records)
-        if self.deleted:
-            pipe.hdel(keys.tasks, *self.deleted)
-        for key, members in self.zrem.items():
-            pipe.zrem(key, *members)
-        for key, scored in self.zadd.items():
-            pipe.zadd(key, scored)
+        if self.ops:
+            write_tasks(keys=[keys.tasks], args=[keys.prefix, *self.ops], client=pipe)
+        for name, members in self.ftimes.items():
+            pipe.zadd(keys.ftimes(name), members)
         for name, delta in self.name_delta.items():
             before = writer.name_counts.get(name, 0)
             after = before + delta
@@ -1316,7 +1476,7 @@ class _Plan:
 # -- decoding ----------------------------------------------------------------------------------
 def _decode_task(raw: str | bytes) -> Task | None:
     try:
-        return task_from_dict(json.loads(raw))
+        return task_from_dict(_loads(raw))
     except (ValueError, TypeError, KeyError, AttributeError):
         log.warning("Skipping an unreadable task record in Redis")
         return None
