@@ -36,8 +36,12 @@ def busy_store() -> tuple[MemoryStore, str]:
         [
             received(running, T0 + 60, kwargs="{'password': 'hunter2'}"),
             started(running, T0 + 61),
-            {"type": "worker-heartbeat", "hostname": "w1@host", "loadavg": [1.0, 0.5, 0.25],
-             "local_received": T0 + 61},
+            {
+                "type": "worker-heartbeat",
+                "hostname": "w1@host",
+                "loadavg": [1.0, 0.5, 0.25],
+                "local_received": T0 + 61,
+            },
         ]
     )
     store.update_worker_info("w1@host", pool="prefork", concurrency=4, queues=["celery"])
