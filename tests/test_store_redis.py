@@ -13,7 +13,7 @@ import threading
 import uuid as uuid_module
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -71,6 +71,12 @@ class Backend:
 
 
 MakeBackend = Callable[..., Backend]
+T = TypeVar("T")
+
+
+def must(value: T | None) -> T:
+    assert value is not None
+    return value
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -514,7 +520,7 @@ def _fleet_keys_consistent(client: redis.Redis, prefix: str, max_tasks: int) -> 
     assert set(client.zrange(f"{prefix}:idx:ids", 0, -1)) == records
     assert set(client.zrange(f"{prefix}:idx:recent", 0, -1)) == records
     for family in ("state", "name", "worker", "failed"):
-        seen: list[str] = []
+        seen: list[Any] = []
         for key in client.scan_iter(match=f"{prefix}:idx:{family}:*"):
             seen.extend(client.zrange(key, 0, -1))
         assert set(seen) <= records, family
@@ -598,7 +604,7 @@ def test_history_survives_a_restart_and_the_new_writer_continues_it(redis_url: s
         assert not restarted.is_writer
         assert (restarted.tasks(limit=100), restarted.workers(), restarted.health()) == before
         assert [t.uuid for t in restarted.active()] == [running]
-        assert restarted.runtime_stats("proj.add").count == 1
+        assert must(restarted.runtime_stats("proj.add")).count == 1
 
         assert restarted.start_writer(wait=True, timeout=30)
         assert restarted.tasks_loaded == 2
@@ -608,8 +614,8 @@ def test_history_survives_a_restart_and_the_new_writer_continues_it(redis_url: s
         restarted.apply([succeeded(running, T0 + 9, runtime=5.0)])
         assert restarted.flush()
         assert restarted.get_task(done) == before[0][1]
-        assert restarted.runtime_stats("proj.add").count == 1
-        assert restarted.get_task(running).state == SUCCESS
+        assert must(restarted.runtime_stats("proj.add")).count == 1
+        assert must(restarted.get_task(running)).state == SUCCESS
         assert restarted.active() == []
         assert restarted.health().events_total == before[2].events_total + 3
     finally:
@@ -633,7 +639,7 @@ def test_events_applied_while_the_writer_loads_are_applied_after_the_load(
         store.apply([succeeded(uuid, T0 + 10_000) for uuid in uuids[:10]])
         assert store.wait_ready(timeout=30)
         assert store.flush()
-        assert {store.get_task(u).state for u in uuids[:10]} == {SUCCESS}
+        assert {must(store.get_task(u)).state for u in uuids[:10]} == {SUCCESS}
         assert store.count_tasks(state=STARTED) == 2990
     finally:
         store.close()
@@ -742,7 +748,7 @@ def test_an_outage_gives_clear_errors_and_recovers_without_losing_pending_writes
             assert store.get_task(uuid) is not None, uuid
         assert len(store) == 8
         assert store.count_tasks(state=RECEIVED) == 5
-        assert store.runtime_stats("proj.add").count == 3
+        assert must(store.runtime_stats("proj.add")).count == 3
         assert store.health().events_total == 14
         client = redis.Redis.from_url(url, decode_responses=True)
         _fleet_keys_consistent(client, "chatops", 10_000)
@@ -751,7 +757,7 @@ def test_an_outage_gives_clear_errors_and_recovers_without_losing_pending_writes
             assert records.get("approval", "a1") == {"status": "pending"}
         # and it keeps going
         after = run_task(Backend(store, "redis"), T0 + 100)
-        assert store.get_task(after).state == SUCCESS
+        assert must(store.get_task(after)).state == SUCCESS
     finally:
         store.close()
         records.close()
@@ -886,7 +892,7 @@ def test_open_stores_with_redis_runs_ingest_only_on_the_lease_holder(redis_url: 
         wait_until(lambda: first.ready, what="the first replica to load")
         uuid = new_id()
         first.fleet.apply([received(uuid, T0)])
-        first.fleet.flush()
+        assert isinstance(first.fleet, RedisFleetStore) and first.fleet.flush()
         assert second.fleet.get_task(uuid) is not None
         assert not second.is_leader and second.ready
         first.records.put("approval", "a1", {"status": "pending"})
@@ -896,8 +902,41 @@ def test_open_stores_with_redis_runs_ingest_only_on_the_lease_holder(redis_url: 
         wait_until(lambda: second.is_leader and second.ready, what="the failover")
         assert calls == ["first+", "first-", "second+"]
         second.fleet.apply([started(uuid, T0 + 1)])
-        second.fleet.flush()
-        assert second.fleet.get_task(uuid).state == STARTED
+        assert isinstance(second.fleet, RedisFleetStore) and second.fleet.flush()
+        assert must(second.fleet.get_task(uuid)).state == STARTED
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_redis_outage_longer_than_the_lease_loses_no_writes_of_the_holder(
+    embedded_redis: Callable[..., EmbeddedRedis],
+) -> None:
+    server = embedded_redis()
+    settings = Settings(state_url=server.url_for(1))
+    calls: list[str] = []
+    stores = open_stores(settings, lease_ttl=1.0, renew_every=0.2)
+    try:
+        stores.start(lambda: calls.append("+"), lambda: calls.append("-"))
+        assert stores.keeper is not None and stores.keeper.wait_held(timeout=10)
+        fleet = stores.fleet
+        assert isinstance(fleet, RedisFleetStore) and fleet.wait_ready(timeout=30)
+        before = run_task(Backend(fleet, "redis"), T0)
+
+        server.stop()
+        during = new_id()
+        fleet.apply([received(during, T0 + 10), started(during, T0 + 11)])
+        # longer than the TTL: the keeper's fence drops, but its turn (and ingest) goes on
+        keeper = stores.keeper
+        wait_until(lambda: not keeper.confirmed, what="the lease to go unconfirmed")
+        assert keeper.held and fleet.is_writer
+        server.start()  # came back empty: no lease, no data
+
+        assert fleet.flush(timeout=30)
+        assert keeper.confirmed
+        assert must(fleet.get_task(before)).state == SUCCESS
+        assert must(fleet.get_task(during)).state == STARTED
+        assert [t.uuid for t in fleet.active()] == [during]
+        assert calls == ["+"]  # one turn throughout: nothing reloaded, nothing dropped
+    finally:
+        stores.stop()

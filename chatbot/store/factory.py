@@ -90,14 +90,20 @@ class Stores:
 
         def acquired() -> None:
             if isinstance(fleet, RedisFleetStore):
-                fleet.start_writer()  # loads in the background; apply() buffers meanwhile
+                # Loads in the background (apply() buffers meanwhile); writes only while
+                # Redis confirms this replica's lease.
+                fleet.start_writer(fence=confirmed)
             on_acquired()
+
+        def confirmed() -> bool:
+            return self.keeper is not None and self.keeper.confirmed
 
         def lost() -> None:
             on_lost()
             if isinstance(fleet, RedisFleetStore):
-                # Lost involuntarily, another replica already writes: do not flush over it.
-                # Stopping, we still hold the lease until released: write what is pending.
+                # Lost to another replica, which writes now: do not flush over it. Stopping,
+                # we still hold the lease until released: write what is pending. (A Redis
+                # outage is not a loss: the keeper holds on, unconfirmed, and writing waits.)
                 fleet.stop_writer(flush=self._stopping.is_set())
 
         self.keeper = LeaseKeeper(self.lease, acquired, lost, renew_every=self.renew_every)

@@ -8,9 +8,15 @@ extending. A holder that dies (crash, SIGKILL, network partition) stops extendin
 expires and another replica's :class:`LeaseKeeper` takes it within one TTL plus one retry period.
 
 Renew and release compare the token first (Lua), so a replica that lost the lease can never
-extend or delete its successor's. The keeper gives the lease up *before* the TTL can run out
-on the server when it cannot renew (Redis unreachable), so two replicas never both believe
-they hold it.
+extend or delete its successor's. Every acquisition of a free lease increments an epoch.
+
+When the holder cannot reach Redis to renew, it stops being *confirmed* before the TTL can run
+out on the server (:attr:`LeaseKeeper.confirmed` is the writer's fence: no writes while
+unconfirmed), but it does not give its turn up: ingest goes on in memory, and when Redis
+answers again the keeper takes the lease back if nobody else had it in between (the epoch
+moved by at most the keeper's own re-acquisition), so a Redis outage loses no pending writes.
+If another replica held the lease meanwhile, ``on_lost`` runs (the writer then discards its
+picture and reloads on its next turn).
 
 With ``memory://`` there is one process: :class:`MemoryLease` is always held.
 """
@@ -34,16 +40,17 @@ __all__ = ["Lease", "LeaseKeeper", "LeaseLike", "MemoryLease"]
 
 log = logging.getLogger(__name__)
 
-# KEYS[1]: the lease; ARGV[1]: our token; ARGV[2]: ttl in ms.
+# KEYS[1]: the lease, KEYS[2]: its epoch counter; ARGV[1]: our token; ARGV[2]: ttl in ms.
+# Returns the epoch we hold it in, 0 when another replica holds it.
 _ACQUIRE = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
+  return tonumber(redis.call('GET', KEYS[2]) or '0')
 end
 if holder then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+return redis.call('INCR', KEYS[2])
 """
 
 _RENEW = """
@@ -65,6 +72,7 @@ return 0
 class LeaseLike(Protocol):
     name: str
     ttl: float
+    epoch: int  # of the last successful try_acquire (0 before any)
 
     @property
     def token(self) -> str: ...
@@ -101,6 +109,8 @@ class Lease:
         self.name = name
         self.ttl = float(ttl)
         self.key = f"{prefix}:lease:{name}"
+        self.epoch_key = f"{self.key}:epoch"
+        self.epoch = 0
         # Unique per instance: a restarted process (same host and maybe the same pid in a
         # container) must not mistake its predecessor's lease for its own.
         self._token = f"{identity or _default_identity()}:{uuid.uuid4().hex[:12]}"
@@ -126,9 +136,14 @@ class Lease:
         return value.decode() if isinstance(value, bytes) else str(value)
 
     def try_acquire(self) -> bool:
-        """Take the lease if it is free (or already ours, which extends it)."""
+        """Take the lease if it is free (or already ours, which extends it); sets ``epoch``."""
         with _guard(self.client):
-            return bool(self._acquire(keys=[self.key], args=[self._token, self._ttl_ms]))
+            epoch = int(
+                self._acquire(keys=[self.key, self.epoch_key], args=[self._token, self._ttl_ms])
+            )
+        if epoch:
+            self.epoch = epoch
+        return bool(epoch)
 
     def renew(self) -> bool:
         """Extend the lease by a full TTL if we still hold it; False if we do not."""
@@ -151,6 +166,7 @@ class MemoryLease:
     def __init__(self, name: str = "ingest", ttl: float = float("inf")) -> None:
         self.name = name
         self.ttl = ttl
+        self.epoch = 1
         self._token = f"{_default_identity()}:memory"
 
     @property
@@ -175,9 +191,10 @@ class LeaseKeeper:
     """A daemon thread that takes the lease when it is free and keeps it while alive.
 
     ``on_acquired()`` runs when this replica becomes the holder and ``on_lost()`` when it stops
-    being the holder (another replica took it, Redis could not confirm it in time, or
-    :meth:`stop`). Both run on the keeper's thread and should return quickly (start or stop
-    threads, do not join long work). Every acquisition is followed by exactly one loss.
+    being the holder (another replica has it, or :meth:`stop`). Both run on the keeper's thread
+    and should return quickly (start or stop threads, do not join long work). Every
+    acquisition is followed by exactly one loss. While Redis cannot confirm the lease the
+    keeper stays the holder but :attr:`confirmed` is False: writes to shared state must wait.
     """
 
     def __init__(
@@ -204,6 +221,7 @@ class LeaseKeeper:
         self._held = False
         self._held_event = threading.Event()
         self._confirmed_at = 0.0  # when the last acquire/renew request that succeeded was sent
+        self._epoch = 0  # the epoch of our turn
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state_lock = threading.Lock()
@@ -213,6 +231,12 @@ class LeaseKeeper:
     def held(self) -> bool:
         """This replica holds the lease and ``on_acquired`` has returned."""
         return self._held_event.is_set()
+
+    @property
+    def confirmed(self) -> bool:
+        """Held, and confirmed by Redis recently enough that no other replica can hold it:
+        the fence for writing shared state."""
+        return self._held and self._clock() < self._expiry_margin()
 
     def wait_held(self, timeout: float | None = None) -> bool:
         return self._held_event.wait(timeout)
@@ -246,24 +270,43 @@ class LeaseKeeper:
             sent = self._clock()
             try:
                 if self._held:
-                    if self.lease.renew():
-                        self._confirmed_at = sent
-                        self.last_error = None
-                    else:
-                        self._lose("another replica holds it")
+                    self._keep(sent)
                 elif self.lease.try_acquire():
                     self._confirmed_at = sent
+                    self._epoch = self.lease.epoch
                     self.last_error = None
                     self._gain()
             except (StoreUnavailable, redis.exceptions.RedisError) as exc:
+                if self.last_error is None and self._held:
+                    log.warning("Cannot renew the lease %r: %s", self.lease.name, exc)
                 self.last_error = str(exc)
-                # Unconfirmed for too long: the key may have expired on the server and
-                # another replica may hold it now. Step down before that can be true.
-                if self._held and self._clock() >= self._expiry_margin():
-                    self._lose(f"could not renew it: {exc}")
             except Exception:  # pragma: no cover - keep the keeper alive, loudly
                 log.exception("Lease keeper error")
             self._stop.wait(self._next_wait())
+
+    def _keep(self, sent: float) -> None:
+        if self.lease.renew():
+            self._confirmed_at = sent
+            self.last_error = None
+            return
+        # Not ours any more: expired while Redis was out of reach, or taken.
+        if self.lease.try_acquire():
+            epoch = self.lease.epoch
+            # Our own re-acquisition moves the epoch by one; more means another replica had
+            # a turn (and wrote) in between. Lower means Redis lost its data: nobody else's
+            # picture is newer than ours then.
+            if epoch <= self._epoch + 1:
+                self._epoch = epoch
+                self._confirmed_at = sent
+                self.last_error = None
+                log.info("Took the lease %r back after an interruption", self.lease.name)
+                return
+            self._lose("another replica held it meanwhile")
+            self._confirmed_at = sent
+            self._epoch = epoch
+            self._gain()
+            return
+        self._lose("another replica holds it")
 
     def _expiry_margin(self) -> float:
         """Local time by which the lease must be confirmed again, with a safety margin."""
@@ -274,8 +317,11 @@ class LeaseKeeper:
     def _next_wait(self) -> float:
         if not self._held:
             return self.renew_every
-        # While failing to renew, wake in time to step down before the margin passes.
         left = self._expiry_margin() - self._clock()
+        if left <= 0:
+            # Unconfirmed: retry often, so that when Redis answers again this replica takes
+            # its turn back before another one takes the expired lease.
+            return min(self.renew_every, 0.1)
         return max(0.01, min(self.renew_every, left))
 
     def _gain(self) -> None:

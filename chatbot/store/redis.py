@@ -114,6 +114,10 @@ class StoreUnavailable(RuntimeError):
     """The shared state store (Redis) cannot answer; ``str(err)`` is one line for a reply."""
 
 
+class _Fenced(redis.exceptions.RedisError):
+    """The writer may not write now (its lease is unconfirmed): handled like an outage."""
+
+
 def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0) -> RedisClient:
     """A client for the state store: string replies, bounded timeouts, one quick retry.
 
@@ -488,6 +492,7 @@ class _Writer:
     stop: threading.Event
     session: str = ""
     samples_taken: int = 0
+    fence: Callable[[], bool] | None = None
     final_flush: bool = True
     shadow: dict[str, _Indexed] | None = None
     name_counts: Counter[str] | None = None
@@ -596,9 +601,16 @@ class RedisFleetStore:
         """
         self._health_source = source
 
-    def start_writer(self, wait: bool = False, timeout: float | None = None) -> bool:
+    def start_writer(
+        self,
+        wait: bool = False,
+        timeout: float | None = None,
+        fence: Callable[[], bool] | None = None,
+    ) -> bool:
         """Become the writer: load stored tasks in the background, then apply and flush.
 
+        ``fence()`` (the lease keeper's ``confirmed``) is asked before every write: while it
+        is False changes are kept pending, not written, as during an outage.
         Events passed to :meth:`apply` during the load are buffered (up to ``load_buffer``)
         and applied after it. Returns :attr:`ready` (after waiting, if ``wait``).
         """
@@ -619,7 +631,10 @@ class RedisFleetStore:
                     track_changes=True,
                 )
                 self._writer = _Writer(
-                    memory=memory, stop=threading.Event(), session=uuid_module.uuid4().hex[:12]
+                    memory=memory,
+                    stop=threading.Event(),
+                    session=uuid_module.uuid4().hex[:12],
+                    fence=fence,
                 )
                 self._mode = _LOADING
                 self._ready.clear()
@@ -829,6 +844,8 @@ class RedisFleetStore:
             )
             counters_due = last_round - last_counters >= self.counters_interval
             try:
+                if writer.fence is not None and not writer.fence():
+                    raise _Fenced("the ingest lease is not confirmed; changes are kept")
                 if pending or live_due:
                     self._write(writer, pending, live_due)
                     if live_due:
@@ -836,6 +853,13 @@ class RedisFleetStore:
                 if counters_due:
                     self._publish_counters(writer)
                     last_counters = last_round
+            except _Fenced:
+                if stopping:
+                    log.warning("Stopping unconfirmed: %d changes not written", pending.size())
+                    return
+                failing = True  # retried without waiting for new events
+                writer.stop.wait(_BACKOFF_FIRST)
+                continue
             except redis.exceptions.RedisError as exc:
                 self._mark_failure(exc)
                 failing = True
