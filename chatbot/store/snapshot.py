@@ -24,6 +24,8 @@ rebuilt from the retained tasks by :meth:`MemoryStore.load`.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -107,9 +109,33 @@ def health_from_dict(data: Mapping[str, Any]) -> StreamHealth:
     return health
 
 
+# Compact separators: the snapshot and Redis values are read by machines only.
+_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+# Optional: orjson encodes and decodes records about three times faster than json; the output
+# is the same JSON either way, so a file or a Redis written with one reads with the other.
+_orjson: Any = (
+    importlib.import_module("orjson") if importlib.util.find_spec("orjson") is not None else None
+)
+
+
 def _dumps(value: Any) -> str:
-    # Compact separators: the snapshot and Redis values are read by machines only.
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _json_encode(value)
+
+
+def encode(value: Any) -> bytes:
+    if _orjson is not None:
+        try:
+            return bytes(_orjson.dumps(value))
+        except TypeError:
+            pass  # e.g. an integer beyond 64 bits from a hostile event: json takes any
+    return _json_encode(value).encode("utf-8")
+
+
+def decode(raw: str | bytes) -> Any:
+    if _orjson is not None:
+        return _orjson.loads(raw)
+    return json.loads(raw)
 
 
 # -- snapshot file -----------------------------------------------------------------------------
@@ -130,7 +156,7 @@ def read_snapshot(path: str | os.PathLike[str]) -> tuple[list[Task], list[Worker
     except OSError as exc:
         raise SnapshotError(f"cannot read {file}: {exc.strerror or exc}") from exc
     try:
-        document = json.loads(raw)
+        document = decode(raw)
         if not isinstance(document, dict) or document.get("format") != SNAPSHOT_FORMAT:
             raise SnapshotError(f"{file} is not a celery-chatops snapshot")
         if document.get("version") != SNAPSHOT_VERSION:
@@ -159,7 +185,7 @@ def write_snapshot(
         "tasks": [task_to_dict(task) for task in tasks],
         "workers": [worker_to_dict(worker) for worker in workers],
     }
-    data = _dumps(document).encode("utf-8")
+    data = encode(document)
     directory = file.parent
     directory.mkdir(parents=True, exist_ok=True)
     # Same directory as the target: os.replace is atomic only within one filesystem.
