@@ -840,7 +840,9 @@ class RedisFleetStore:
                 failing = True  # retried without waiting for new events
                 writer.stop.wait(_BACKOFF_FIRST)
                 continue
-            except redis.exceptions.RedisError as exc:
+            except Exception as exc:
+                if not isinstance(exc, redis.exceptions.RedisError):
+                    log.exception("Writing to Redis failed; changes are kept, retrying")
                 self._mark_failure(exc)
                 failing = True
                 if stopping and stop_deadline is not None and time.monotonic() > stop_deadline:
