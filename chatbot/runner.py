@@ -16,7 +16,7 @@ from chatbot.console import BANNER, Console
 from chatbot.render import Message
 from chatbot.service import Service
 from chatbot.slack import ActionRegistry, SlackMetrics, build_app, make_executor, make_server
-from chatbot.slack.approval_actions import ApprovalActions, ExpirySweeper
+from chatbot.slack.approval_actions import AlertButtons, ApprovalActions, ExpirySweeper
 from chatbot.slack.client import web_client_from_settings
 
 logger = logging.getLogger("chatbot")
@@ -98,6 +98,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     approval_actions = ApprovalActions(service.approvals, client)
     approval_actions.register(actions)
     service.on_channel_post.append(approval_actions.channel_posted)
+    AlertButtons(approval_actions, service.run_as).register(actions)
     metrics = SlackMetrics()
     try:
         app = build_app(

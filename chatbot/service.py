@@ -16,11 +16,13 @@ from typing import Any
 from celery import Celery
 from slack_sdk import WebClient
 
+from chatbot.alerts import AlertManager, AlertScheduler, SlackSender
 from chatbot.approvals import ApprovalService
 from chatbot.audit import AuditLog
 from chatbot.auth import Authorizer, SlackGroupResolver
 from chatbot.broker import BrokerReader, QueueLength, queue_names
 from chatbot.commands import CommandContext, Dispatcher, Registry, build_registry
+from chatbot.commands.alerts import register_alert_commands
 from chatbot.commands.control import register_control_commands
 from chatbot.config import Settings, redact_url
 from chatbot.consumer import EventConsumer
@@ -28,6 +30,7 @@ from chatbot.control import FleetControl
 from chatbot.metrics import render_metrics
 from chatbot.model import StreamHealth
 from chatbot.render import Message, Renderer
+from chatbot.slack.client import make_web_client
 from chatbot.store import FleetStore, RecordStore
 from chatbot.store.factory import Stores, open_stores
 from chatbot.store.memory import MemoryStore
@@ -118,6 +121,9 @@ class Service:
             renderer=self.renderer,
         )
         register_control_commands(self.registry, self.approvals)
+        self.alert_manager: AlertManager | None = None
+        self.alert_scheduler: AlertScheduler | None = None
+        self.alert_sender: SlackSender | None = None
         self._queue_cache: tuple[float, list[QueueLength]] | None = None
         self._queue_lock = threading.Lock()
         # Extra health facts contributed by parts wired on top (alerts sender, Slack).
@@ -127,6 +133,33 @@ class Service:
         # Called when a face posted a channel_post message (an approval card) as the app.
         self.on_channel_post: list[Callable[[Message, str, str], None]] = []
         self.started_at: float | None = None
+        if web_client is not None and settings.alert_channel:
+            self._wire_alerts()
+
+    def _wire_alerts(self) -> None:
+        """Channel alerts: checks run only on the writer replica (two would both post)."""
+        settings = self.settings
+        # The sender paces and retries 429s itself, per channel: its client must not wait.
+        client = make_web_client(
+            settings.slack_bot_token, settings.slack_api_url, max_rate_limit_wait=0
+        )
+        sender = SlackSender(client)
+        manager = AlertManager(self.records, sender, self.renderer, settings)
+        scheduler = AlertScheduler(
+            manager, self.store, settings, broker=self.broker, health=self.stream_health
+        )
+        register_alert_commands(self.registry, manager, self.authorizer)
+        self.leader_parts.append((scheduler.start, scheduler.stop))
+        self.health_sources.append(
+            lambda: {
+                "alerts": {
+                    "sender": sender.health().as_dict(),
+                    "scheduler": scheduler.health().as_dict(),
+                },
+                "slack_errors": dict(sender.health().errors_by_code),
+            }
+        )
+        self.alert_manager, self.alert_scheduler, self.alert_sender = manager, scheduler, sender
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -145,6 +178,8 @@ class Service:
             self.stores.stop()  # runs _stop_ingest while it still holds the lease
         else:
             self._stop_ingest()
+        if self.alert_sender is not None:
+            self.alert_sender.stop()
         self.broker.close()
 
     def _start_ingest(self) -> None:
@@ -181,6 +216,10 @@ class Service:
                 if self.stores is not None:
                     self.stores.set_health_source(None)
                 self.consumer = None
+
+    def run_as(self, text: str, user_id: str, channel_id: str) -> Message:
+        """Run a ``/celery`` line as ``user_id`` (a button that stands for a command)."""
+        return self.dispatcher.run(text, self.context(user_id, channel_id))
 
     def _post_audit(self, message: Message) -> None:
         """A copy of an audit step in CHATOPS_AUDIT_CHANNEL (failures are the audit's to log)."""

@@ -9,6 +9,7 @@ the card is updated in place.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -190,3 +191,73 @@ def test_run_without_required_settings_names_the_first_missing_one() -> None:
     assert done.stderr.strip() == (
         "celery-chatops: configuration error: CELERY_BROKER_URL: required but not set"
     )
+
+
+def test_run_posts_a_stuck_alert_whose_button_opens_an_approval(
+    redis_url: str, celery_worker: Any, slack: MockSlackAPI
+) -> None:
+    from chatbot.alerts import TERMINATE_ACTION_ID
+
+    alert_channel = "C0ALERTS01"
+    slack.set_channel(alert_channel, is_member=True)
+    worker = celery_worker(redis_url, concurrency=1)
+    port = free_port()
+    settings = load_settings(
+        environ={
+            "CELERY_BROKER_URL": redis_url,
+            "SLACK_BOT_TOKEN": "xoxb-run-test",
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": slack.url,
+            "CHATOPS_HOST": "127.0.0.1",
+            "CHATOPS_PORT": str(port),
+            "CHATOPS_OPERATORS": OPERATOR,
+            "CHATOPS_ALERT_CHANNEL": alert_channel,
+            "CHATOPS_CHECK_INTERVAL": "1",
+            "CHATOPS_STUCK_AFTER": "3",
+            "CHATOPS_ENABLE_EVENTS_INTERVAL": "0",
+        }
+    )
+    stop = threading.Event()
+    runner = threading.Thread(target=run, args=(settings,), kwargs={"stop": stop})
+    runner.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _status(base + "/healthz") == 200, timeout=30, what="/healthz 200")
+        task_id = make_app(redis_url).send_task(HANG, args=(300,)).id
+
+        def stuck_alert() -> Any:
+            for call in slack.calls("chat.postMessage"):
+                if call.params.get("channel") == alert_channel and task_id in str(call.params):
+                    return call
+            return None
+
+        alert = wait_until(stuck_alert, timeout=60, what="a stuck-task alert in the channel")
+        assert worker.hostname in str(alert.params["blocks"])
+        value = button_value(alert.params["blocks"], TERMINATE_ACTION_ID)
+        assert value == task_id
+        slack.clear()
+        click = block_action(
+            TERMINATE_ACTION_ID, value, user_id=OPERATOR, channel_id=alert_channel,
+            message_ts=str(alert.response["ts"]), response_url=slack.response_url("alert"),
+            message_blocks=alert.params["blocks"],
+        )
+        sent = post_signed(base + "/slack/events", click, signing_secret=SECRET, content_type=FORM)
+        assert sent.status == 200
+        card = slack.wait_for("chat.postMessage", count=1, timeout=20)[-1]
+        assert card.params["channel"] == alert_channel
+        assert button_value(card.params["blocks"], APPROVE_ACTION_ID)
+        assert "terminate" in str(card.params["blocks"]).lower()
+        health = json.loads(_body(base + "/healthz"))
+        assert health["alerts"]["sender"]["ok"] is True
+        assert health["alerts"]["scheduler"]["checks"] >= 1
+    finally:
+        stop.set()
+        runner.join(30)
+
+
+def _body(url: str) -> str:
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=5) as response:
+        return str(response.read().decode())

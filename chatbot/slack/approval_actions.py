@@ -15,6 +15,7 @@ from collections.abc import Callable
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from chatbot.alerts.actions import ALERT_ACTION_IDS, command_for_click
 from chatbot.approvals import (
     APPROVE_ACTION_ID,
     DENY_ACTION_ID,
@@ -72,6 +73,20 @@ class ApprovalActions:
 
         return on_done
 
+    def post_card(self, channel: str, card: Message) -> str | None:
+        """Post a pending card as the app and remember its ts; None if Slack refused."""
+        try:
+            response = self.client.chat_postMessage(
+                channel=channel, text=card.text, blocks=card.blocks
+            )
+        except SlackApiError as exc:
+            code = exc.response.get("error") if exc.response is not None else "error"
+            log.warning("could not post an approval card in %s: %s", channel, code)
+            return None
+        ts = str(response.get("ts") or "")
+        self.channel_posted(card, channel, ts)
+        return ts or None
+
     def update_card(self, channel: str, ts: str | None, card: Message) -> bool:
         if not channel or not ts:
             return False
@@ -93,6 +108,38 @@ class ApprovalActions:
                 )
             swept += 1
         return swept
+
+
+class AlertButtons:
+    """The Revoke buttons of stuck-task alerts: the click is the typed command, as the clicker.
+
+    ``run_command(text, user_id, channel_id)`` runs a ``/celery`` line through the dispatcher,
+    so a click meets the same operator check, approval flow and audit as typing it.
+    """
+
+    def __init__(
+        self,
+        approvals: ApprovalActions,
+        run_command: Callable[[str, str, str], Message],
+    ) -> None:
+        self.approvals = approvals
+        self.run_command = run_command
+
+    def register(self, actions: ActionRegistry) -> None:
+        for action_id in ALERT_ACTION_IDS:
+            actions.register_action(action_id, self.on_click)
+
+    def on_click(self, click: ActionClick) -> ActionReply:
+        command = command_for_click(click.action_id, click.value)
+        if command is None:
+            return ActionReply(Message(text="This button carries no task id to act on."))
+        message = self.run_command(command, click.user_id, click.channel_id)
+        if not message.channel_post or not click.channel_id:
+            return ActionReply(message)  # a refusal or an error: for the clicker alone
+        ts = self.approvals.post_card(click.channel_id, message)
+        if ts is None:
+            return ActionReply(message)
+        return ActionReply(Message(text=f"Posted `/celery {command}` for approval here."))
 
 
 class ExpirySweeper:
