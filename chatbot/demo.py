@@ -34,6 +34,8 @@ from types import FrameType
 from typing import Any, TextIO, cast
 
 from chatbot import demo_tasks
+from chatbot.alerts.console import start_console_alerts
+from chatbot.commands.alerts import register_alert_commands
 from chatbot.config import Settings
 from chatbot.console import Console
 from chatbot.embedded import EmbeddedRedis, EmbeddedRedisError
@@ -196,7 +198,6 @@ class DemoFleet:
             f" consuming {', '.join(worker.queues)}\n"
         )
         self.service = Service(self.settings)
-        _ensure_control_commands(self.service)
         self.service.start()
         self._alerts_stop = _start_alerts(self.service, out)
         started = time.monotonic()
@@ -260,16 +261,7 @@ def _logged(part: str) -> Iterator[None]:
 
 
 def _start_alerts(service: Service, out: _Terminal) -> Callable[[], None] | None:
-    """The real alert scheduler and manager, with a sender that prints here instead of Slack.
-
-    The alerts package is optional at this layer: without it the demo runs without alerts.
-    """
-    try:
-        from chatbot.alerts.console import start_console_alerts
-        from chatbot.commands.alerts import register_alert_commands
-    except ImportError:
-        logger.warning("demo: the alerts package is not available; running without alerts")
-        return None
+    """The real alert scheduler and manager, with a sender that prints here instead of Slack."""
     alerts = start_console_alerts(service, lambda text: out.notice(_indent_notice(text)))
     if "alerts" not in service.registry:
         register_alert_commands(service.registry, alerts.manager)
@@ -281,34 +273,6 @@ def _indent_notice(text: str) -> str:
     lines = [line for line in text.split("\n") if line.strip()]
     return "\n".join(("[alert] " if index == 0 else "        ") + line
                      for index, line in enumerate(lines))  # fmt: skip
-
-
-def _ensure_control_commands(service: Service) -> None:
-    """``revoke`` and the other control commands, if the service has not registered them.
-
-    They need an approval service; the console answers its request through ``confirm``.
-    """
-    if "revoke" in service.registry:
-        return
-    try:
-        from chatbot.approvals import ApprovalService
-        from chatbot.audit import AuditLog
-        from chatbot.auth import Authorizer
-        from chatbot.commands.control import register_control_commands
-    except ImportError:
-        logger.warning("demo: the approvals package is not available; no control commands")
-        return
-    approvals = ApprovalService(
-        service.records,
-        service.control,
-        service.store,
-        Authorizer.from_settings(service.settings),
-        AuditLog(),
-        service.settings,
-        service.clock,
-        renderer=service.renderer,
-    )
-    register_control_commands(service.registry, approvals)
 
 
 def _first_screen(failure: Task | None, hanging: Task | None, stuck_after: float) -> str:
