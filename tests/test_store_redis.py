@@ -940,3 +940,22 @@ def test_a_redis_outage_longer_than_the_lease_loses_no_writes_of_the_holder(
         assert calls == ["+"]  # one turn throughout: nothing reloaded, nothing dropped
     finally:
         stores.stop()
+
+
+def test_a_graceful_stop_writes_what_is_pending_before_releasing(redis_url: str) -> None:
+    settings = Settings(state_url=redis_url)
+    stores = open_stores(settings, lease_ttl=5.0)
+    stores.start(lambda: None, lambda: None)
+    assert stores.keeper is not None and stores.keeper.wait_held(timeout=10)
+    fleet = stores.fleet
+    assert isinstance(fleet, RedisFleetStore) and fleet.wait_ready(timeout=30)
+    fleet.flush_interval = 1e9  # nothing is written before the stop
+    uuids = [new_id() for _ in range(200)]
+    for uuid in uuids:
+        fleet.apply([received(uuid, T0)])  # no flush: the stop must write them
+    stores.stop()
+    after = RedisFleetStore(redis_url)
+    try:
+        assert len(after) == 200
+    finally:
+        after.close()

@@ -222,6 +222,7 @@ class LeaseKeeper:
         self._held_event = threading.Event()
         self._confirmed_at = 0.0  # when the last acquire/renew request that succeeded was sent
         self._epoch = 0  # the epoch of our turn
+        self._losing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._state_lock = threading.Lock()
@@ -258,7 +259,7 @@ class LeaseKeeper:
             thread.join(timeout)
             self._thread = None
         if release:
-            was_held = self._lose("stopping")
+            was_held = self._lose("stopping", stopping=True)
             if was_held:
                 try:
                     self.lease.release()
@@ -336,15 +337,23 @@ class LeaseKeeper:
             log.exception("on_acquired failed")
         self._held_event.set()
 
-    def _lose(self, reason: str) -> bool:
+    def _lose(self, reason: str, stopping: bool = False) -> bool:
         with self._state_lock:
-            if not self._held:
+            if not self._held or self._losing:
                 return False
-            self._held = False
+            self._losing = True
             self._held_event.clear()
+            if not stopping:
+                # Another replica holds it: unconfirmed before on_lost, so nothing more is
+                # written. Stopping, the lease is still ours until released: what on_lost
+                # flushes is written under it.
+                self._held = False
         log.info("This replica no longer holds the lease %r: %s", self.lease.name, reason)
         try:
             self.on_lost()
         except Exception:
             log.exception("on_lost failed")
+        with self._state_lock:
+            self._held = False
+            self._losing = False
         return True
