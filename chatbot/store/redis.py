@@ -7,9 +7,11 @@ Why it looks like this:
   :class:`~chatbot.store.memory.MemoryStore` with ``track_changes=True`` and applies events to
   it, so event semantics (ordering, idempotence, value-ordered eviction, redaction and clipping at
   ingest) exist exactly once in the code base. A flusher thread drains what changed and writes
-  it to Redis in one ``MULTI`` pipeline per round (a few milliseconds of events coalesced: a task
-  whose received/started/succeeded arrive together is written once). ``apply`` never waits for
-  Redis.
+  it to Redis in one ``MULTI`` round trip per round (a few milliseconds of events coalesced: a
+  task whose received/started/succeeded arrive together is written once; a backlog goes in
+  transactions of at most ``_WRITE_CHUNK`` records). Records and their index entries are moved
+  by one server-side script per transaction, from a few arguments per task. ``apply`` never
+  waits for Redis, and nothing is written while the lease is unconfirmed (the ``fence``).
 - **Every replica reads Redis**, the writer included, so two replicas behind one Slack app
   answer the same. Every question is answered from an index in one round trip (a Lua script
   walks the smallest sorted set and fetches the records): task records are compact JSON values
@@ -18,7 +20,7 @@ Why it looks like this:
   for prefix lookup; per-name failure times and runtime samples live apart from the records, so
   they outlive evictions as they do in memory.
 - **Caps hold in Redis** because Redis mirrors the writer's capped store: an eviction deletes
-  the record and its index entries in the same transaction as the insert that caused it.
+  the record and its index entries in the same round as the insert that caused it.
 - **Outages.** Reads raise :class:`StoreUnavailable` (one line). The writer keeps applying
   events in memory; what it could not write stays pending (coalesced per task, so bounded by the
   caps) and is written when Redis answers again, without a restart. If Redis came back *empty*
