@@ -250,7 +250,18 @@ class Service:
             clock=self.clock,
             confirm=confirm,
             health=self.stream_health,
+            problems=self.problems,
         )
+
+    def problems(self) -> list[str]:
+        """The bot's own troubles that `status` shows (the stream's are shown on their own)."""
+        found: list[str] = []
+        sender = self.alert_sender
+        if sender is not None:
+            health = sender.health()
+            if not health.ok:
+                found.append(f"Alerts cannot be posted: {health.last_error or 'see /healthz'}")
+        return found
 
     def stream_health(self) -> StreamHealth:
         """Freshness from the store, connection and event loss from the consumer.

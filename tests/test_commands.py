@@ -591,6 +591,19 @@ def test_status_says_when_the_stream_is_silent_or_lossy(
     assert "Workers: ● 0 up · ○ 2 down" in text
 
 
+def test_status_shows_the_bots_own_problems_escaped(
+    store: MemoryStore, renderer: Renderer, dispatcher: Dispatcher
+) -> None:
+    problems = ["Alerts cannot be posted: not_in_channel in C0ALERTS (invite the bot) <!here>"]
+    troubled = make_ctx(store, renderer, problems=lambda: problems)
+    message = run(dispatcher, troubled, "status")
+    text = shown(message)
+    assert "Alerts cannot be posted: not_in_channel in C0ALERTS (invite the bot)" in text
+    assert "<!here>" not in str(message.blocks)
+    assert "Alerts cannot be posted" not in shown(run(dispatcher, make_ctx(store, renderer),
+                                                      "status"))
+
+
 def test_failed_newest_first_grouped(dispatcher: Dispatcher, ctx: CommandContext) -> None:
     message = run(dispatcher, ctx, "failed")
     items = [b["text"]["text"] for b in message.blocks if b.get("block_id", "").startswith("item-")]

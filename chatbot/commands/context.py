@@ -103,6 +103,9 @@ class CommandContext:
     # The full stream health: the store knows freshness, only the consumer knows connection
     # and event loss, e.g. ``lambda: consumer.health_into(store.health())``.
     health: Callable[[], StreamHealth] | None = None
+    # Operational problems of the bot itself that `status` must show, one line each (e.g.
+    # "alerts cannot be posted in C123: not_in_channel"); plain text, escaped when shown.
+    problems: Callable[[], list[str]] | None = None
 
     def stream_health(self) -> StreamHealth:
         return self.health() if self.health is not None else self.store.health()

@@ -253,6 +253,7 @@ def status(args: ParsedArgs, ctx: CommandContext) -> Message:
         broker_name=ctx.broker.broker_name if ctx.broker is not None else "",
         retained=len(ctx.store),
         max_tasks=settings.max_tasks,
+        bot_problems=ctx.problems() if ctx.problems is not None else [],
     )
 
 
