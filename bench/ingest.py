@@ -113,7 +113,8 @@ class _Subject:
         store = self.store
         if self.kind in ("ours", "redis"):
             return {
-                "failures of one name": lambda name: store.recent_failures(name, 900.0, now),
+                # What `/celery failed NAME` asks: counts over the window, the newest 20.
+                "failures of one name": lambda name: store.failure_summary(name, 900.0, now, 20),
                 "active by runtime": lambda _: store.active(),
                 "one task by id": lambda uuid: store.get_task(uuid),
             }

@@ -9,6 +9,7 @@ event arrived, so a worker with a skewed clock is not judged dead or alive by it
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,15 @@ class Task:
     state_ts: float = 0.0
 
     def snapshot(self) -> Task:
-        return copy.copy(self)
+        # Spelled out: copy.copy of a slotted dataclass goes through __reduce_ex__ and costs
+        # several times more, and queries snapshot every task they return.
+        return Task(
+            self.uuid, self.name, self.state, self.args, self.kwargs, self.worker, self.queue,
+            self.routing_key, self.sent, self.received, self.started, self.finished,
+            self.retried, self.runtime, self.retries, self.exception, self.traceback,
+            self.result, self.parent_id, self.root_id, self.eta, self.expires,
+            self.terminated, self.signum, self.state_ts,
+        )  # fmt: skip
 
     @property
     def exception_type(self) -> str | None:
@@ -118,6 +127,29 @@ class Worker:
         if self.last_heartbeat is None:
             return None
         return self.last_heartbeat + self.freq * expire_factor
+
+
+@dataclass(frozen=True, slots=True)
+class FailureSummary:
+    """Failures within a window: the total, counts by exception type and by task name, and
+    the newest ones (up to a limit) as records."""
+
+    total: int
+    newest: list[Task]
+    by_type: dict[str, int]
+    by_name: dict[str, int]
+
+
+def summarize_failures(failures: Sequence[Task], limit: int) -> FailureSummary:
+    """The summary of ``failures`` given newest first (for stores without a faster path)."""
+    by_type: dict[str, int] = {}
+    by_name: dict[str, int] = {}
+    for task in failures:
+        kind = task.exception_type or "unknown"
+        by_type[kind] = by_type.get(kind, 0) + 1
+        name = task.name or "unknown"
+        by_name[name] = by_name.get(name, 0) + 1
+    return FailureSummary(len(failures), list(failures[: max(0, limit)]), by_type, by_name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,12 @@ class Redactor:
             else None
         )
 
+    def _mentions_key(self, text: str) -> bool:
+        # A plain substring test first: it is several times faster than the case-insensitive
+        # regex, and it runs on every received task's args and kwargs.
+        lowered = text.lower()
+        return any(key in lowered for key in self.keys)
+
     def is_sensitive(self, key: str) -> bool:
         return self._sensitive is not None and self._sensitive.search(key) is not None
 
@@ -55,7 +61,7 @@ class Redactor:
         if isinstance(value, dict):
             return repr(self._redact_mapping(value))
         text = value if isinstance(value, str) else repr(value)
-        if self._sensitive is None or self._sensitive.search(text) is None:
+        if not self._mentions_key(text):
             return text  # the common case: no sensitive name anywhere, no parsing needed
         parsed = _literal(text)
         if isinstance(parsed, dict):
@@ -67,7 +73,9 @@ class Redactor:
         if value is None:
             return None
         text = value if isinstance(value, str) else repr(value)
-        if self._quoted_key is None or self._quoted_key.search(text) is None:
+        if not self._mentions_key(text) or self._quoted_key is None:
+            return text
+        if self._quoted_key.search(text) is None:
             return text
         parsed = _literal(text)
         if parsed is _UNPARSEABLE:

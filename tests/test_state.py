@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from chatbot.model import FAILURE, PENDING, RECEIVED, RETRY, STARTED, SUCCESS
+from chatbot.model import FAILURE, PENDING, RECEIVED, RETRY, STARTED, SUCCESS, Task
 from chatbot.redaction import WITHHELD
 from chatbot.store import FleetStore
 from chatbot.store.memory import MemoryStore
@@ -535,3 +535,33 @@ def test_after_a_retry_the_resent_attempt_is_queued_again() -> None:
               "hostname": "w1@host", "timestamp": T0 + 3}
     store.apply([received(uuid, T0), started(uuid, T0 + 1), retried, resent])
     assert store.get_task(uuid).state == PENDING  # type: ignore[union-attr]
+
+
+def test_snapshot_copies_every_field() -> None:
+    import dataclasses
+
+    values: dict[str, Any] = {}
+    for number, field in enumerate(dataclasses.fields(Task)):
+        values[field.name] = f"value-{number}"
+    task = Task(**values)
+    copy = task.snapshot()
+    assert copy == task and copy is not task
+
+
+def test_failure_summary_counts_everything_in_the_window_and_lists_the_newest() -> None:
+    store = MemoryStore()
+    for i in range(30):
+        uuid = new_id()
+        exc = "ValueError('x')" if i % 3 else "KeyError('k')"
+        store.apply([received(uuid, T0 + i, name=f"proj.t{i % 2}"), failed(uuid, T0 + i + 1,
+                                                                          exc=exc)])
+    summary = store.failure_summary(None, window=20, now=T0 + 31, limit=5)
+    assert summary.total == 20
+    # i = 10..29 are in the window; KeyError where i % 3 == 0
+    assert summary.by_type == {"ValueError": 14, "KeyError": 6}
+    assert summary.by_name == {"proj.t0": 10, "proj.t1": 10}
+    assert [t.finished for t in summary.newest] == [T0 + 30, T0 + 29, T0 + 28, T0 + 27, T0 + 26]
+    one = store.failure_summary("proj.t1", window=20, now=T0 + 31, limit=50)
+    assert one.total == 10 and len(one.newest) == 10
+    assert all(t.name == "proj.t1" for t in one.newest)
+    assert store.failure_summary("proj.none", 20, T0 + 31, 5).total == 0

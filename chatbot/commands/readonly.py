@@ -287,20 +287,18 @@ def failed(args: ParsedArgs, ctx: CommandContext) -> Message:
     since: float = args["since"] or DEFAULT_FAILED_SINCE
     limit: int = args["limit"] or DEFAULT_LIMIT
     lookup = resolve_task_name(ctx, args["name"]) if args["name"] else None
-    failures = ctx.store.recent_failures(lookup.name if lookup else None, since, now)
-    shown = failures[:limit]
-    grouped = len(failures) >= GROUP_FAILURES_FROM
-    by_type = Counter(t.exception_type or "unknown" for t in failures) if grouped else Counter()
-    by_name = (
-        Counter(t.name or "unknown" for t in failures) if grouped and not lookup else Counter()
-    )
+    summary = ctx.store.failure_summary(lookup.name if lookup else None, since, now, limit)
+    shown = summary.newest
+    grouped = summary.total >= GROUP_FAILURES_FROM
+    by_type = Counter(summary.by_type) if grouped else Counter()
+    by_name = Counter(summary.by_name) if grouped and not lookup else Counter()
     return _render(
         ctx,
         "failed.json.j2",
         now,
         failures=shown,
-        total=len(failures),
-        more=len(failures) - len(shown),
+        total=summary.total,
+        more=summary.total - len(shown),
         since=since,
         lookup=lookup,
         by_type=by_type.most_common(8),

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from chatbot.model import FleetCounters, RuntimeStats, StreamHealth, Task, Worker
+from chatbot.model import (
+    FailureSummary,
+    FleetCounters,
+    RuntimeStats,
+    StreamHealth,
+    Task,
+    Worker,
+)
 
 
 @runtime_checkable
@@ -69,6 +76,13 @@ class FleetStore(Protocol):
 
     def recent_failures(self, name: str | None, window: float, now: float) -> list[Task]:
         """Failures (of one name, or all) within the window, newest first."""
+        ...
+
+    def failure_summary(
+        self, name: str | None, window: float, now: float, limit: int
+    ) -> FailureSummary:
+        """Failures (of one name, or all) within the window: counts by exception type and by
+        name over all of them, and the newest ``limit`` as records."""
         ...
 
     def runtime_stats(self, name: str) -> RuntimeStats | None: ...

@@ -44,6 +44,7 @@ from chatbot.model import (
     STARTED,
     SUCCESS,
     TASK_STATES,
+    FailureSummary,
     FleetCounters,
     RuntimeHistogram,
     RuntimeStats,
@@ -123,7 +124,9 @@ class MemoryStore:
         self._lock = threading.Lock()
 
         self._tasks: dict[str, Task] = {}
-        self._by_state: dict[str, OrderedDict[str, None]] = {s: OrderedDict() for s in TASK_STATES}
+        # Plain dicts (insertion-ordered): an OrderedDict costs ~60 B more per task, and the
+        # front of a dict is still where eviction finds the oldest entry.
+        self._by_state: dict[str, dict[str, None]] = {s: {} for s in TASK_STATES}
         self._by_name: dict[str, dict[str, None]] = {}
         self._by_worker: dict[str, dict[str, None]] = {}
         # Retained failures sorted by failure time, per name ("?" until a name is known) and
@@ -659,6 +662,29 @@ class MemoryStore:
             start = bisect_left(failed, (cutoff, ""))
             tasks = self._tasks
             return [tasks[uuid].snapshot() for _, uuid in reversed(failed[start:])]
+
+    def failure_summary(
+        self, name: str | None, window: float, now: float, limit: int
+    ) -> FailureSummary:
+        cutoff = now - window
+        by_type: dict[str, int] = {}
+        by_name: dict[str, int] = {}
+        with self._lock:
+            failed = self._failed_by_time if name is None else self._failed_by_name.get(name, [])
+            start = bisect_left(failed, (cutoff, ""))
+            tasks = self._tasks
+            # Counted under the lock without copying: only the page shown is snapshotted.
+            for _, uuid in failed[start:]:
+                task = tasks[uuid]
+                kind = task.exception_type or "unknown"
+                by_type[kind] = by_type.get(kind, 0) + 1
+                task_name = task.name or "unknown"
+                by_name[task_name] = by_name.get(task_name, 0) + 1
+            newest = [
+                tasks[uuid].snapshot()
+                for _, uuid in islice(reversed(failed), min(max(0, limit), len(failed) - start))
+            ]
+        return FailureSummary(len(failed) - start, newest, by_type, by_name)
 
     def runtime_stats(self, name: str) -> RuntimeStats | None:
         with self._lock:

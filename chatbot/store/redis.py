@@ -58,12 +58,14 @@ from chatbot.model import (
     FAILURE,
     STARTED,
     TASK_STATES,
+    FailureSummary,
     FleetCounters,
     RuntimeHistogram,
     RuntimeStats,
     StreamHealth,
     Task,
     Worker,
+    summarize_failures,
 )
 from chatbot.redaction import FieldLimits
 from chatbot.store.memory import MemoryStore, StoreChanges, _percentile
@@ -1125,6 +1127,12 @@ class RedisFleetStore:
     def recent_failures(self, name: str | None, window: float, now: float) -> list[Task]:
         index = self.keys.state(FAILURE) if name is None else self.keys.failed(name)
         return _decode_tasks(self._run_query([index], now - window, -1))
+
+    def failure_summary(
+        self, name: str | None, window: float, now: float, limit: int
+    ) -> FailureSummary:
+        # Decoded records are already copies: summarise them on this side of the wire.
+        return summarize_failures(self.recent_failures(name, window, now), limit)
 
     def runtime_stats(self, name: str) -> RuntimeStats | None:
         with _guard(self.client):
