@@ -312,6 +312,12 @@ def _worker_arg(required: bool = True) -> Positional:
     )
 
 
+def _task_name_arg() -> Positional:
+    return Positional(
+        "name", "task name, or its last part", "NAME", required=True, convert=parse_name
+    )
+
+
 def register_control_commands(registry: Registry, approvals: ApprovalService) -> Registry:
     """Add the control subcommands, bound to ``approvals``, to ``registry``."""
     handlers = ControlCommands(approvals)
@@ -408,13 +414,7 @@ def register_control_commands(registry: Registry, approvals: ApprovalService) ->
             handler=handlers.rate_limit,
             args=ArgSpec(
                 positionals=(
-                    Positional(
-                        "name",
-                        "task name, or its last part",
-                        "NAME",
-                        required=True,
-                        convert=parse_name,
-                    ),
+                    _task_name_arg(),
                     Positional(
                         "rate",
                         "N, N/s, N/m or N/h; 0 for no limit",
@@ -436,13 +436,7 @@ def register_control_commands(registry: Registry, approvals: ApprovalService) ->
             handler=handlers.time_limit,
             args=ArgSpec(
                 positionals=(
-                    Positional(
-                        "name",
-                        "task name, or its last part",
-                        "NAME",
-                        required=True,
-                        convert=parse_name,
-                    ),
+                    _task_name_arg(),
                     Positional(
                         "soft", "seconds (or 30s, 5m)", "SOFT", required=True, convert=_seconds
                     ),
