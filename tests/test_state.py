@@ -174,9 +174,13 @@ def test_a_retry_moves_forward_to_the_second_attempt_but_a_stale_duplicate_does_
     assert (task.state, task.retries, task.worker) == (STARTED, 1, "w2@host")
     assert [t.uuid for t in store.tasks(worker="w2@host")] == [uuid]
     assert store.tasks(worker="w1@host") == []
-    # the first attempt's received event, delivered again late, does not move it back
+    # the first attempt's received event, delivered again late, does not move it back,
+    # neither its state nor its worker
     store.apply([received(uuid, T0)])
-    assert store.get_task(uuid).state == STARTED  # type: ignore[union-attr]
+    task = store.get_task(uuid)
+    assert task is not None and (task.state, task.worker) == (STARTED, "w2@host")
+    assert [t.uuid for t in store.active(worker="w2@host")] == [uuid]
+    assert store.tasks(worker="w1@host") == []
 
 
 def test_a_requeued_rejection_is_waiting_again_not_finished() -> None:

@@ -215,7 +215,14 @@ class MemoryStore:
                 self._drop_failure("?", task)
                 self._add_failure(task.name, task)
         hostname = event.get("hostname")
-        if hostname and kind != "task-sent" and task.worker != hostname:
+        # A late event from an earlier attempt (before a retry moved the task) must not move
+        # the task back to that attempt's worker.
+        if (
+            hostname
+            and kind != "task-sent"
+            and task.worker != hostname
+            and (task.worker is None or ts >= task.state_ts)
+        ):
             if task.worker is not None:
                 self._unindex(self._by_worker, task.worker, uuid)
             task.worker = _intern(str(hostname))
