@@ -1,7 +1,7 @@
 """Slash-command ack time under ingest load: the real bot, one process, signed HTTP requests.
 
     python -m bench.commands --quick   # 10,000 tasks, 2,000 ev/s, 10 s windows: under a minute
-    python -m bench.commands           # 100,000 tasks, 10,000 ev/s, 30 s windows: ~3 minutes
+    python -m bench.commands           # 100,000 tasks, 10,000 ev/s, 30 s windows: ~2 minutes
 
 The question (issue 3's target): with 100,000 retained tasks and events flowing at 10,000
 events/s into the same process, is the p99 time from a signed ``/celery failed`` request to
