@@ -187,12 +187,15 @@ def duration(seconds: float | None) -> str:
     return f"{days}d {hours}h" if hours else f"{days}d"
 
 
+FUTURE_SKEW_TOLERATED = 2.0
+
+
 def ago(timestamp: float | None, now: float) -> str:
     if timestamp is None:
         return "never"
     delta = now - timestamp
-    if abs(delta) < 1:
-        return "just now"
+    if -FUTURE_SKEW_TOLERATED < delta < 1:
+        return "just now"  # a host's clock a second ahead is not news
     whole = round(abs(delta))
     # Whole seconds read better here than duration()'s "3.2s": an age is not a runtime.
     span = f"{whole}s" if whole < 60 else duration(whole)

@@ -433,3 +433,13 @@ def test_to_text_is_readable() -> None:
 
 def test_to_text_of_a_message_without_blocks_uses_the_fallback() -> None:
     assert to_text(Message(text="only &lt;text&gt;")) == "only <text>\n"
+
+
+def test_ago_reads_a_second_of_clock_skew_as_just_now() -> None:
+    from chatbot.render import ago
+
+    assert ago(100.0, 100.4) == "just now"
+    assert ago(101.5, 100.0) == "just now"  # another host's clock, a little ahead
+    assert ago(110.0, 100.0) == "in 10s"  # far ahead is worth saying
+    assert ago(40.0, 100.0) == "1m ago"
+    assert ago(None, 100.0) == "never"

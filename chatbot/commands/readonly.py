@@ -423,6 +423,9 @@ def workers(args: ParsedArgs, ctx: CommandContext) -> Message:
                     pool, concurrency = _pool_facts(reply.value)
                     ctx.store.update_worker_info(hostname, pool=pool, concurrency=concurrency)
             known = ctx.store.workers()
+            # The inspect took up to the control timeout: the answer is as of now, not as of
+            # the request (heartbeats that arrived meanwhile would read as "in 1s").
+            now = ctx.clock()
     rows = []
     for worker in known:
         answer = replies.get(worker.hostname)
