@@ -427,3 +427,24 @@ class FleetControl:
                 message = f"no reply within {self.timeout:g}s: busy, unreachable or gone (unknown)"
                 replies[name] = WorkerReply(name, "no_reply", None, message)
         return replies
+
+
+def pool_facts(stats: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    """``("prefork", 8)`` from an ``inspect stats`` reply."""
+    pool = stats.get("pool")
+    if not isinstance(pool, Mapping):
+        return None, None
+    implementation = pool.get("implementation")
+    name = None
+    if isinstance(implementation, str) and implementation:
+        # "celery.concurrency.prefork:TaskPool" -> "prefork"
+        name = implementation.split(":", 1)[0].rsplit(".", 1)[-1]
+    concurrency = pool.get("max-concurrency")
+    return name, concurrency if isinstance(concurrency, int) else None
+
+
+def consumed_queues(active_queues: Any) -> list[str] | None:
+    """Queue names from an ``inspect active_queues`` reply (None: not such a reply)."""
+    if not isinstance(active_queues, list):
+        return None
+    return [str(q["name"]) for q in active_queues if isinstance(q, Mapping) and "name" in q]

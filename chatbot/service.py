@@ -27,6 +27,7 @@ from chatbot.commands.control import register_control_commands
 from chatbot.config import Settings, redact_url
 from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
+from chatbot.discovery import WorkerDiscovery
 from chatbot.metrics import render_metrics
 from chatbot.model import StreamHealth
 from chatbot.render import Message, Renderer
@@ -130,6 +131,9 @@ class Service:
         self.health_sources: list[Callable[[], dict[str, Any]]] = []
         # Parts that run only while this replica is the writer (the alert scheduler).
         self.leader_parts: list[tuple[Callable[[], None], Callable[[], None]]] = []
+        # Leader-only: learn the queues workers consume, for backlog alerts and status.
+        self.discovery = WorkerDiscovery(self.control, self.store, clock=clock)
+        self.leader_parts.append((self.discovery.start, self.discovery.stop))
         # Called when a face posted a channel_post message (an approval card) as the app.
         self.on_channel_post: list[Callable[[Message, str, str], None]] = []
         self.started_at: float | None = None

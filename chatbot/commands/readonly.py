@@ -30,6 +30,7 @@ from chatbot.commands.parser import (
     parse_task_id,
 )
 from chatbot.commands.registry import CommandSpec, Registry
+from chatbot.control import consumed_queues, pool_facts
 from chatbot.model import FAILURE, REJECTED, REVOKED, SUCCESS, RuntimeStats, Task, Worker
 from chatbot.render import Message
 
@@ -387,20 +388,6 @@ class WorkerRow:
     reply_message: str | None
 
 
-def _pool_facts(stats: Mapping[str, Any]) -> tuple[str | None, int | None]:
-    """``("prefork", 8)`` from an ``inspect stats`` reply."""
-    pool = stats.get("pool")
-    if not isinstance(pool, Mapping):
-        return None, None
-    implementation = pool.get("implementation")
-    name = None
-    if isinstance(implementation, str) and implementation:
-        # "celery.concurrency.prefork:TaskPool" -> "prefork"
-        name = implementation.split(":", 1)[0].rsplit(".", 1)[-1]
-    concurrency = pool.get("max-concurrency")
-    return name, concurrency if isinstance(concurrency, int) else None
-
-
 def workers(args: ParsedArgs, ctx: CommandContext) -> Message:
     now = ctx.clock()
     known = ctx.store.workers()
@@ -420,7 +407,7 @@ def workers(args: ParsedArgs, ctx: CommandContext) -> Message:
                 replies = result.replies
             for hostname, reply in replies.items():
                 if reply.status == "ok" and isinstance(reply.value, Mapping):
-                    pool, concurrency = _pool_facts(reply.value)
+                    pool, concurrency = pool_facts(reply.value)
                     ctx.store.update_worker_info(hostname, pool=pool, concurrency=concurrency)
             known = ctx.store.workers()
             # The inspect took up to the control timeout: the answer is as of now, not as of
@@ -469,12 +456,8 @@ def queues(args: ParsedArgs, ctx: CommandContext) -> Message:
             logger.warning("inspect active_queues failed", exc_info=True)
         else:
             for hostname, reply in result.replies.items():
-                if reply.status == "ok" and isinstance(reply.value, list):
-                    names = [
-                        str(q["name"])
-                        for q in reply.value
-                        if isinstance(q, Mapping) and "name" in q
-                    ]
+                names = consumed_queues(reply.value) if reply.status == "ok" else None
+                if names is not None:
                     ctx.store.update_worker_info(hostname, queues=names)
             known = ctx.store.workers()
     rows, error = _read_queues(ctx, known)

@@ -1,0 +1,100 @@
+"""What events do not say about workers: their pool, concurrency and the queues they consume.
+
+Backlog alerts and ``status`` watch the queues workers consume; only the workers can say which
+those are (``inspect active_queues``). The writer replica asks the online workers once at start
+and then every ``interval`` seconds, on a thread of its own, and records the answers in the
+store. A worker that does not answer keeps what it said last.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from chatbot.control import ControlResult, consumed_queues, pool_facts
+from chatbot.store import FleetStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 60.0
+
+
+class Inspector(Protocol):
+    def inspect(
+        self, method: str, worker: str | None = None, expected: list[str] | tuple[str, ...] = ()
+    ) -> ControlResult: ...
+
+
+class WorkerDiscovery:
+    def __init__(
+        self,
+        control: Inspector,
+        store: FleetStore,
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.control = control
+        self.store = store
+        self.interval = interval
+        self.clock = clock
+        self.refreshes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def refresh(self) -> int:
+        """Ask the online workers once; returns how many answered something usable."""
+        now = self.clock()
+        online = [w.hostname for w in self.store.workers() if w.is_online(now)]
+        if not online:
+            return 0
+        queues = self.control.inspect("active_queues", expected=online).replies
+        stats = self.control.inspect("stats", expected=online).replies
+        answered = 0
+        for hostname in set(queues) | set(stats):
+            names: list[str] | None = None
+            pool: str | None = None
+            concurrency: int | None = None
+            queue_reply, stats_reply = queues.get(hostname), stats.get(hostname)
+            if queue_reply is not None and queue_reply.status == "ok":
+                names = consumed_queues(queue_reply.value)
+            if (
+                stats_reply is not None
+                and stats_reply.status == "ok"
+                and isinstance(stats_reply.value, dict)
+            ):
+                pool, concurrency = pool_facts(stats_reply.value)
+            if names is None and pool is None and concurrency is None:
+                continue  # no reply, or nothing usable: keep what it said last
+            # One update per worker: a reader never sees its queues without its pool.
+            self.store.update_worker_info(
+                hostname, pool=pool, concurrency=concurrency, queues=names
+            )
+            answered += 1
+        self.refreshes += 1
+        return answered
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="chatops-discovery", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        # A first look soon after start, once heartbeats have said who is online.
+        delay = min(self.interval, 5.0)
+        while not self._stop.wait(delay):
+            try:
+                self.refresh()
+            except Exception:
+                # The broker or a worker misbehaving must not end discovery for good.
+                logger.warning("asking the workers for their queues failed", exc_info=True)
+            delay = self.interval
