@@ -261,3 +261,47 @@ def _body(url: str) -> str:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=5) as response:
         return str(response.read().decode())
+
+
+def test_run_in_socket_mode_answers_over_the_socket_and_serves_health(
+    redis_url: str, celery_worker: Any
+) -> None:
+    from chatbot.testing.slack_payloads import slash_command_fields
+    from chatbot.testing.socket_mode import MockSocketModeServer
+
+    celery_worker(redis_url, concurrency=1)
+    port = free_port()
+    with MockSocketModeServer() as sm, MockSlackAPI(socket_mode=sm) as api:
+        settings = load_settings(
+            environ={
+                "CELERY_BROKER_URL": redis_url,
+                "SLACK_BOT_TOKEN": "xoxb-run-test",
+                "SLACK_APP_TOKEN": "xapp-1-A0RUN-1-secret",
+                "SLACK_API_URL": api.url,
+                "CHATOPS_HOST": "127.0.0.1",
+                "CHATOPS_PORT": str(port),
+                "CHATOPS_ENABLE_EVENTS_INTERVAL": "0",
+            }
+        )
+        stop = threading.Event()
+        result: list[int] = []
+        runner = threading.Thread(target=lambda: result.append(run(settings, stop=stop)))
+        runner.start()
+        try:
+            sm.wait_connected(timeout=30)
+            base = f"http://127.0.0.1:{port}"
+            wait_until(lambda: _status(base + "/healthz") == 200, timeout=30, what="healthy")
+            assert _status(base + "/slack/events") == 404  # Socket Mode takes no HTTP events
+            fields = slash_command_fields(
+                "help", user_id=OPERATOR, channel_id=CHANNEL,
+                response_url=api.response_url("socket"),
+            )
+            ack = sm.wait_for_ack(sm.send_envelope("slash_commands", fields), timeout=30)
+            assert "/celery failed" in json.dumps(ack.get("payload"))
+            assert [c.token for c in api.calls("apps.connections.open")] == [
+                "xapp-1-A0RUN-1-secret"
+            ]
+        finally:
+            stop.set()
+            runner.join(30)
+    assert result == [0]
