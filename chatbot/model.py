@@ -152,6 +152,14 @@ def summarize_failures(failures: Sequence[Task], limit: int) -> FailureSummary:
     return FailureSummary(len(failures), list(failures[: max(0, limit)]), by_type, by_name)
 
 
+# A task is "well past its own p99" at 3x it, given enough history for p99 to mean something,
+# and only once it has run long enough for an on-call engineer to care. One judgement, shared
+# by `/celery stuck` and the stuck-task alert so they never disagree about a task.
+P99_FACTOR = 3.0
+MIN_HISTORY_RUNS = 20
+MIN_OUTLIER_RUNTIME = 30.0
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeStats:
     """Runtime percentiles over the most recent successful runs of one task name."""
@@ -162,6 +170,16 @@ class RuntimeStats:
     p95: float
     p99: float
     max: float
+
+    @property
+    def p99_trusted(self) -> bool:
+        """Enough runs for the p99 to mean something."""
+        return self.count >= MIN_HISTORY_RUNS
+
+    def far_past_p99(self, runtime: float) -> bool:
+        return (
+            self.p99_trusted and runtime >= MIN_OUTLIER_RUNTIME and runtime >= P99_FACTOR * self.p99
+        )
 
 
 @dataclass(slots=True)

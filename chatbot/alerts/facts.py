@@ -12,12 +12,13 @@ import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from chatbot.alerts.rules import MIN_OUTLIER_RUNTIME, STUCK, FleetFacts, split_key
+from chatbot.alerts.rules import STUCK, FleetFacts, split_key
 from chatbot.broker import QueueLength
 from chatbot.config import Settings
 from chatbot.model import (
     FAILURE,
     HEARTBEAT_EXPIRE_FACTOR,
+    MIN_OUTLIER_RUNTIME,
     RECEIVED,
     RETRY,
     STARTED,

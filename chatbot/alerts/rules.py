@@ -56,11 +56,6 @@ FAILURE_CRITICAL_FACTOR = 3
 FAILURE_CHANGE_FRACTION = 0.5
 TOP_EXCEPTIONS = 5
 MAX_WORKERS_LISTED = 10
-# "Well past its own p99": the same judgement as the `stuck` command (chatbot.commands.readonly
-# keeps its own copy; commands sit above alerts and cannot be imported from here).
-P99_FACTOR = 3.0
-MIN_HISTORY_RUNS = 20
-MIN_OUTLIER_RUNTIME = 30.0
 # A stuck task earns a thread reply each time its runtime doubles: often early, rarely later.
 STUCK_CHANGE_FACTOR = 2.0
 STREAM_CHANGE_FACTOR = 2.0
@@ -342,10 +337,10 @@ def stuck_reason(
     runtime: float, stats: RuntimeStats | None, stuck_after: float
 ) -> tuple[str | None, float | None]:
     """``("threshold" | "p99" | None, p99)`` for a task that has run ``runtime`` seconds."""
-    p99 = stats.p99 if stats is not None and stats.count >= MIN_HISTORY_RUNS else None
+    p99 = stats.p99 if stats is not None and stats.p99_trusted else None
     if runtime >= stuck_after:
         return "threshold", p99
-    if p99 is not None and runtime >= MIN_OUTLIER_RUNTIME and runtime >= P99_FACTOR * p99:
+    if stats is not None and stats.far_past_p99(runtime):
         return "p99", p99
     return None, p99
 

@@ -31,7 +31,16 @@ from chatbot.commands.parser import (
 )
 from chatbot.commands.registry import CommandSpec, Registry
 from chatbot.control import consumed_queues, pool_facts
-from chatbot.model import FAILURE, REJECTED, REVOKED, SUCCESS, RuntimeStats, Task, Worker
+from chatbot.model import (
+    FAILURE,
+    P99_FACTOR,
+    REJECTED,
+    REVOKED,
+    SUCCESS,
+    RuntimeStats,
+    Task,
+    Worker,
+)
 from chatbot.render import Message
 
 logger = logging.getLogger(__name__)
@@ -43,11 +52,6 @@ DEFAULT_QUEUE = "celery"  # Celery's task_default_queue when nothing else is kno
 GROUP_FAILURES_FROM = 6
 TOP_FAILURE_NAMES = 5
 OFFLINE_WORKERS_SHOWN = 5
-# A task is "well past its own p99" at 3x it, given enough history for p99 to mean something,
-# and only once it has run long enough for an on-call engineer to care.
-P99_FACTOR = 3.0
-MIN_HISTORY_RUNS = 20
-MIN_OUTLIER_RUNTIME = 30.0
 
 _FINISHED_LABEL = {
     SUCCESS: "succeeded",
@@ -209,12 +213,7 @@ def _running(
             if task.name not in stats_by_name:
                 stats_by_name[task.name] = ctx.store.runtime_stats(task.name)
             stats = stats_by_name[task.name]
-        past_p99 = (
-            stats is not None
-            and stats.count >= MIN_HISTORY_RUNS
-            and runtime >= MIN_OUTLIER_RUNTIME
-            and runtime >= P99_FACTOR * stats.p99
-        )
+        past_p99 = stats is not None and stats.far_past_p99(runtime)
         rows.append(RunningTask(task, runtime, stats, runtime >= threshold, past_p99))
     rows.sort(key=lambda r: -r.runtime)
     return rows
