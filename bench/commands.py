@@ -180,7 +180,7 @@ def child_publisher(options: dict[str, Any], stdin: IO[str], stdout: IO[str]) ->
 
 def child_client(options: dict[str, Any], stdin: IO[str], stdout: IO[str]) -> None:
     """Runs one phase per ``PHASE <seconds> <rps>`` line; answers each with a JSON line."""
-    from chatbot.testing.slack_payloads import FORM, post_signed, slash_command
+    from tests.support.slack_payloads import FORM, post_signed, slash_command
 
     url = str(options["url"])
     secret = str(options["secret"])
@@ -656,8 +656,8 @@ def _pct(part: int, whole: int) -> str:
 
 def run_bench(args: argparse.Namespace) -> int:
     from chatbot.config import load_settings
-    from chatbot.embedded import EmbeddedRedis
-    from chatbot.testing.slack_api import MockSlackAPI
+    from chatbot.demo.embedded import EmbeddedRedis
+    from tests.support.slack_api import MockSlackAPI
 
     logging.basicConfig(level=logging.WARNING, format="  [%(levelname)s %(name)s] %(message)s")
     print(

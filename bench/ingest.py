@@ -603,7 +603,7 @@ def _wait_subscribed(url: str, timeout: float = 30) -> None:
 
 
 def section_e2e(args: argparse.Namespace, cap: int) -> None:
-    from chatbot.embedded import EmbeddedRedis
+    from chatbot.demo.embedded import EmbeddedRedis
 
     offered_events = args.e2e_events
     stream = FleetEvents(args.seed).stream(None, received=False)

@@ -42,7 +42,7 @@ from typing import Any
 import redis
 
 from bench.events import Event, FleetEvents
-from chatbot.embedded import EmbeddedRedis
+from chatbot.demo.embedded import EmbeddedRedis
 from chatbot.model import FAILURE
 from chatbot.store.memory import MemoryStore
 from chatbot.store.redis import RedisFleetStore, connect

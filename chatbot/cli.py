@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int
             settings.require("broker_url")
             return run_console(settings, sys.stdin, sys.stdout)
         if args.command == "demo":
-            from chatbot.demo import run_demo
+            from chatbot.demo.run import run_demo
 
             return run_demo(settings, script=args.script)
         if args.command == "check":

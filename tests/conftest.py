@@ -1,7 +1,7 @@
 """Shared fixtures: a private Redis, per-test databases, real Celery workers, RabbitMQ probe.
 
 Nothing here touches the machine's own Redis on 127.0.0.1:6379: every Redis URL points at the
-session's :class:`~chatbot.embedded.EmbeddedRedis`, and only databases we hand out are flushed.
+session's :class:`~chatbot.demo.embedded.EmbeddedRedis`, and only databases we hand out are flushed.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from chatbot.embedded import EmbeddedRedis
-from chatbot.testing.worker import CeleryWorkerProcess
+from chatbot.demo.embedded import EmbeddedRedis
+from chatbot.demo.worker import CeleryWorkerProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FLEET_APP_MODULE = "tests.fleet_app"

@@ -20,7 +20,7 @@ from chatbot.config import Settings
 from chatbot.render import Message, Renderer, to_text
 from chatbot.store.memory import MemoryStore
 from chatbot.store.records import MemoryRecordStore
-from chatbot.testing.slack_api import MockSlackAPI
+from tests.support.slack_api import MockSlackAPI
 
 CHANNEL = "C0ALERTS"
 OPERATOR = "U0OPERATOR"

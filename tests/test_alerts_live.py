@@ -38,17 +38,17 @@ from chatbot.commands.control import register_control_commands
 from chatbot.config import Settings
 from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
+from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import StreamHealth
 from chatbot.render import Renderer
 from chatbot.store import RecordStore
 from chatbot.store.memory import MemoryStore
 from chatbot.store.records import MemoryRecordStore
 from chatbot.store.redis import RedisRecordStore
-from chatbot.testing import wait_until
-from chatbot.testing.slack_api import Call, MockSlackAPI
-from chatbot.testing.worker import CeleryWorkerProcess
 from tests.conftest import unique_hostname
 from tests.fleet_app import ADD, FAIL, HANG, make_app
+from tests.support import wait_until
+from tests.support.slack_api import Call, MockSlackAPI
 
 CHANNEL = "C0ALERTS"
 OPERATOR = "U0OPERATOR"

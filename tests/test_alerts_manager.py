@@ -38,7 +38,7 @@ from chatbot.config import Settings
 from chatbot.model import FAILURE, STARTED, Task
 from chatbot.render import Renderer
 from chatbot.store.records import MemoryRecordStore
-from chatbot.testing.slack_api import Call, MockSlackAPI
+from tests.support.slack_api import Call, MockSlackAPI
 
 CHANNEL = "C0ALERTS"
 T0 = 1_800_000_000.0

@@ -33,15 +33,15 @@ from chatbot.auth import Authorizer
 from chatbot.config import Settings
 from chatbot.consumer import EventConsumer
 from chatbot.control import ControlResult, FleetControl, WorkerReply
+from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import REVOKED, STARTED
 from chatbot.render import BUTTON_VALUE_MAX, Message
 from chatbot.store.memory import MemoryStore
 from chatbot.store.records import MemoryRecordStore
 from chatbot.store.redis import RedisRecordStore
-from chatbot.testing import wait_until
-from chatbot.testing.worker import CeleryWorkerProcess
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import HANG, make_app
+from tests.support import wait_until
 
 ALICE = "UALICE01"  # operator
 BOB = "UBOB0001"  # operator and approver

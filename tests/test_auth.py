@@ -9,7 +9,7 @@ from slack_sdk import WebClient
 
 from chatbot.auth import Authorizer, GroupLookupError, SlackGroupResolver
 from chatbot.config import load_settings
-from chatbot.testing.slack_api import MockSlackAPI
+from tests.support.slack_api import MockSlackAPI
 
 ALICE = "UALICE01"
 BOB = "UBOB0001"

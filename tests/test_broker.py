@@ -10,7 +10,7 @@ import redis
 from kombu import Connection, Exchange, Producer, Queue
 
 from chatbot.broker import BrokerReader, QueueLength, queue_names
-from chatbot.embedded import EmbeddedRedis
+from chatbot.demo.embedded import EmbeddedRedis
 from chatbot.model import Worker
 from tests.fleet_app import ADD, make_app
 

@@ -17,10 +17,10 @@ import pytest
 
 from chatbot.check import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, REQUIRED_BOT_SCOPES, run_checks
 from chatbot.config import Settings, load_settings
-from chatbot.embedded import _free_port
-from chatbot.testing.slack_api import MockSlackAPI
-from chatbot.testing.worker import CeleryWorkerProcess
+from chatbot.demo.embedded import _free_port
+from chatbot.demo.worker import CeleryWorkerProcess
 from tests.conftest import FLEET_APP_MODULE, REPO_ROOT, unique_hostname
+from tests.support.slack_api import MockSlackAPI
 
 BOT_TOKEN = "xoxb-check-test-token"
 SIGNING_SECRET = "check-test-signing-secret"

@@ -41,13 +41,13 @@ from chatbot.commands.parser import (
 from chatbot.config import Settings
 from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
+from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import FAILURE, RETRY, STARTED, SUCCESS, StreamHealth
 from chatbot.render import Message, Renderer, to_text
 from chatbot.store.memory import MemoryStore
-from chatbot.testing import wait_until
-from chatbot.testing.worker import CeleryWorkerProcess
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import FAIL, HANG, make_app
+from tests.support import wait_until
 from tests.test_render import HOSTILE, assert_valid
 
 NOW = 1_700_000_000.0

@@ -19,7 +19,7 @@ from celery import Celery
 from celery.events.receiver import EventReceiver
 
 from chatbot.consumer import EventConsumer, redis_connection_kwargs
-from chatbot.embedded import EmbeddedRedis
+from chatbot.demo.embedded import EmbeddedRedis
 from chatbot.eventwire import (
     Localizer,
     MalformedMessage,

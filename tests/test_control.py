@@ -22,10 +22,10 @@ from chatbot.control import (
     validate_rate,
     validate_signal,
 )
-from chatbot.testing import wait_until
-from chatbot.testing.worker import CeleryWorkerProcess, WorkerStartError
+from chatbot.demo.worker import CeleryWorkerProcess, WorkerStartError
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import ADD, HANG, make_app
+from tests.support import wait_until
 
 Broadcasts = list[tuple[str, dict[str, Any]]]
 

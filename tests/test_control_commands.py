@@ -24,14 +24,14 @@ from chatbot.commands.control import register_control_commands
 from chatbot.config import Settings
 from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
+from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import REVOKED, SUCCESS
 from chatbot.render import Message, Renderer
 from chatbot.store.memory import MemoryStore
 from chatbot.store.records import MemoryRecordStore
-from chatbot.testing import wait_until
-from chatbot.testing.worker import CeleryWorkerProcess
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import ADD, HANG, make_app
+from tests.support import wait_until
 
 ALICE = "UALICE01"  # operator
 BOB = "UBOB0001"  # operator and approver

@@ -9,8 +9,8 @@ from chatbot.control import FleetControl, consumed_queues, pool_facts
 from chatbot.discovery import WorkerDiscovery
 from chatbot.service import Service
 from chatbot.store.memory import MemoryStore
-from chatbot.testing import wait_until
 from tests.fleet_app import make_app
+from tests.support import wait_until
 
 
 def test_a_running_bot_learns_the_queues_its_workers_consume(

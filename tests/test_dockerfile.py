@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import threading
 import venv
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chatbot.embedded import _free_port
+from chatbot.demo.embedded import _free_port
 from tests.conftest import REPO_ROOT
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
@@ -271,7 +272,7 @@ def test_hadolint_if_installed() -> None:
 _INSTALLED_PROBE = """
 import sys
 from pathlib import Path
-import chatbot, chatbot.check, chatbot.demo, chatbot.demo_tasks
+import chatbot, chatbot.check, chatbot.demo, chatbot.demo.tasks
 from chatbot import render
 venv = Path(sys.argv[1]).resolve()
 assert venv in Path(chatbot.__file__).resolve().parents, chatbot.__file__
@@ -282,6 +283,10 @@ message = render.Renderer().render(
     "error.json.j2", error="unknown task <abc>", usage="task UUID", help_hint="help task"
 )
 print(render.to_text(message))
+try:
+    import chatbot.testing
+except ModuleNotFoundError:
+    print("no test doubles in the package")
 """
 
 
@@ -316,10 +321,19 @@ def test_wheel_built_as_in_the_dockerfile_installs_and_runs(
     (wheel,) = wheels.glob("celery_chatops-*.whl")
 
     # A fresh environment. Dependencies come from this interpreter's site-packages (the image
-    # gets them from the builder's wheels), the package itself only from the wheel.
+    # gets them from the builder's wheels), the package itself only from the wheel. A .pth
+    # line, not system_site_packages: when the suite itself runs in a virtual environment, its
+    # packages are not the system's. Plain path lines are not processed as site dirs, so this
+    # interpreter's editable install of the repository does not come along.
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=True, symlinks=True).create(env_dir)
+    venv.EnvBuilder(with_pip=True, symlinks=True).create(env_dir)
     python = env_dir / "bin" / "python"
+    env_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(env_site) / "suite-dependencies.pth").write_text("\n".join(sorted(ours)) + "\n")
     install = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", str(wheel)],
         capture_output=True,
@@ -352,6 +366,7 @@ def test_wheel_built_as_in_the_dockerfile_installs_and_runs(
     )
     assert probe.returncode == 0, probe.stdout + probe.stderr
     assert "unknown task <abc>" in probe.stdout and "Usage: task UUID" in probe.stdout
+    assert "no test doubles in the package" in probe.stdout
 
 
 # -- compose.yaml ------------------------------------------------------------------------------
@@ -359,7 +374,7 @@ def test_compose_runs_redis_a_sample_worker_with_events_and_the_bot() -> None:
     services = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]
     assert {"redis", "worker", "bot"} <= set(services)
     worker = services["worker"]["command"]
-    assert worker[:3] == ["celery", "-A", "chatbot.demo_tasks"] and "-E" in worker
+    assert worker[:3] == ["celery", "-A", "chatbot.demo.tasks"] and "-E" in worker
     bot = services["bot"]
     assert bot["command"] == ["celery-chatops", "run"]
     assert bot["env_file"] == ".env"
@@ -367,4 +382,4 @@ def test_compose_runs_redis_a_sample_worker_with_events_and_the_bot() -> None:
     assert services["bot"]["build"] == "." and services["worker"]["build"] == "."
     producer = services.get("producer")
     if producer is not None:
-        assert producer["command"] == ["python", "-m", "chatbot.demo_tasks"]
+        assert producer["command"] == ["python", "-m", "chatbot.demo.tasks"]

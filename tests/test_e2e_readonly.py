@@ -21,13 +21,13 @@ from celery import Celery
 
 from chatbot.config import Settings
 from chatbot.console import Console
+from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import FAILURE, STARTED, SUCCESS
 from chatbot.render import Message
 from chatbot.service import Service
-from chatbot.testing import wait_until
-from chatbot.testing.worker import CeleryWorkerProcess
 from tests.conftest import FLEET_APP_MODULE, REPO_ROOT, unique_hostname
 from tests.fleet_app import ADD, FAIL, HANG, make_app
+from tests.support import wait_until
 
 DEADLINE = 60.0
 # Task data that must never become a mention, a ping or a link in Slack.

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from chatbot.embedded import SYSTEM_REDIS_PORT, EmbeddedRedis, EmbeddedRedisError, find_redis_server
+from chatbot.demo.embedded import (
+    SYSTEM_REDIS_PORT,
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    find_redis_server,
+)
 
 
 def _pid_exists(pid: int) -> bool:

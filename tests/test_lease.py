@@ -9,7 +9,7 @@ import pytest
 
 from chatbot.store.lease import Lease, LeaseKeeper, LeaseLike, MemoryLease
 from chatbot.store.redis import StoreUnavailable
-from chatbot.testing import wait_until
+from tests.support import wait_until
 
 
 class Turns:

@@ -23,10 +23,10 @@ from chatbot.approvals import APPROVE_ACTION_ID
 from chatbot.config import load_settings
 from chatbot.control import FleetControl
 from chatbot.runner import run
-from chatbot.testing import wait_until
-from chatbot.testing.slack_api import MockSlackAPI
-from chatbot.testing.slack_payloads import FORM, block_action, post_signed, slash_command
 from tests.fleet_app import HANG, make_app
+from tests.support import wait_until
+from tests.support.slack_api import MockSlackAPI
+from tests.support.slack_payloads import FORM, block_action, post_signed, slash_command
 
 SECRET = "run-test-signing-secret"
 OPERATOR = "U0OPERATOR1"
@@ -266,8 +266,8 @@ def _body(url: str) -> str:
 def test_run_in_socket_mode_answers_over_the_socket_and_serves_health(
     redis_url: str, celery_worker: Any
 ) -> None:
-    from chatbot.testing.slack_payloads import slash_command_fields
-    from chatbot.testing.socket_mode import MockSocketModeServer
+    from tests.support.slack_payloads import slash_command_fields
+    from tests.support.socket_mode import MockSocketModeServer
 
     celery_worker(redis_url, concurrency=1)
     port = free_port()

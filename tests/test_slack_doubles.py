@@ -25,8 +25,8 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
-from chatbot.testing.slack_api import DEFAULT_SCOPES, MockSlackAPI
-from chatbot.testing.slack_payloads import (
+from tests.support.slack_api import DEFAULT_SCOPES, MockSlackAPI
+from tests.support.slack_payloads import (
     BOT_ID,
     BOT_USER_ID,
     FORM,
@@ -43,7 +43,7 @@ from chatbot.testing.slack_payloads import (
     slash_command_fields,
     url_verification,
 )
-from chatbot.testing.socket_mode import MockSocketModeServer
+from tests.support.socket_mode import MockSocketModeServer
 
 SECRET = "test-signing-secret"
 BOT_TOKEN = "xoxb-test"

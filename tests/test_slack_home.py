@@ -29,9 +29,9 @@ from chatbot.slack import (
     publish_home,
 )
 from chatbot.slack.interfaces import CommandRunner
-from chatbot.testing import wait_until
-from chatbot.testing.slack_api import Call, MockSlackAPI, validate_blocks
-from chatbot.testing.slack_payloads import JSON, app_home_opened, post_signed
+from tests.support import wait_until
+from tests.support.slack_api import Call, MockSlackAPI, validate_blocks
+from tests.support.slack_payloads import JSON, app_home_opened, post_signed
 from tests.test_commands import task_events, traceback_for
 from tests.test_e2e_readonly import HOSTILE, Fleet, running_fleet
 

@@ -38,9 +38,9 @@ from chatbot.slack import (
     make_web_client,
     run_after_response,
 )
-from chatbot.testing import wait_until
-from chatbot.testing.slack_api import Call, MockSlackAPI, validate_blocks
-from chatbot.testing.slack_payloads import (
+from tests.support import wait_until
+from tests.support.slack_api import Call, MockSlackAPI, validate_blocks
+from tests.support.slack_payloads import (
     FORM,
     JSON,
     SignedResponse,

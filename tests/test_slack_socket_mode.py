@@ -26,9 +26,9 @@ from chatbot.slack import (
     make_server,
     make_web_client,
 )
-from chatbot.testing import wait_until
-from chatbot.testing.slack_api import Call, MockSlackAPI, validate_blocks
-from chatbot.testing.slack_payloads import (
+from tests.support import wait_until
+from tests.support.slack_api import Call, MockSlackAPI, validate_blocks
+from tests.support.slack_payloads import (
     FORM,
     app_home_opened_event,
     event_callback_payload,
@@ -36,7 +36,7 @@ from chatbot.testing.slack_payloads import (
     slash_command,
     slash_command_fields,
 )
-from chatbot.testing.socket_mode import MockSocketModeServer
+from tests.support.socket_mode import MockSocketModeServer
 from tests.test_e2e_readonly import Fleet, running_fleet, wait_running_for
 
 BOT_TOKEN = "xoxb-socket-test"

@@ -23,7 +23,7 @@ from chatbot.store.snapshot import (
     worker_from_dict,
     worker_to_dict,
 )
-from chatbot.testing import wait_until
+from tests.support import wait_until
 from tests.test_state import T0, new_id, received, run_task, started
 
 

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from chatbot.config import Settings
-from chatbot.embedded import EmbeddedRedis
+from chatbot.demo.embedded import EmbeddedRedis
 from chatbot.model import FAILURE, PENDING, RECEIVED, RETRY, STARTED, SUCCESS, TASK_STATES
 from chatbot.redaction import WITHHELD
 from chatbot.store import FleetStore, RecordStore
@@ -31,7 +31,7 @@ from chatbot.store.redis import (
     RedisStore,
     StoreUnavailable,
 )
-from chatbot.testing import wait_until
+from tests.support import wait_until
 from tests.test_state import (
     T0,
     Clock,

@@ -11,9 +11,9 @@ A small shop whose tasks misbehave the way real ones do:
 - ``shop.send_receipt`` is routed to the ``emails`` queue, which no worker consumes (its worker
   "was never redeployed"), so that queue builds a backlog.
 
-Run it as a worker with ``celery -A chatbot.demo_tasks worker -E``; the broker comes from
+Run it as a worker with ``celery -A chatbot.demo.tasks worker -E``; the broker comes from
 ``CELERY_BROKER_URL`` (Celery reads that variable itself). :class:`Producer` keeps submitting
-a mix of these tasks; ``python -m chatbot.demo_tasks`` runs one until interrupted (the load of
+a mix of these tasks; ``python -m chatbot.demo.tasks`` runs one until interrupted (the load of
 ``compose.yaml``'s sample fleet).
 """
 
@@ -208,7 +208,7 @@ app = make_app()
 
 
 def main() -> int:
-    """``python -m chatbot.demo_tasks``: submit the sample load to ``CELERY_BROKER_URL``."""
+    """``python -m chatbot.demo.tasks``: submit the sample load to ``CELERY_BROKER_URL``."""
     broker_url = os.environ.get("CELERY_BROKER_URL")
     if not broker_url:
         print("CELERY_BROKER_URL: required: the broker of the sample worker")

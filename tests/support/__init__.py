@@ -1,4 +1,5 @@
-"""Test doubles and launchers shared by tests/, bench/ and the demo."""
+"""Test doubles shared by tests/ and bench/: the Slack Web API stand-in, signed payloads,
+a Socket Mode server, and a polling helper for waiting on real processes."""
 
 from __future__ import annotations
 

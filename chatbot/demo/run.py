@@ -2,9 +2,9 @@
 
 It starts, in this order, and stops in reverse (Ctrl-C, end of input, ``quit``, SIGTERM):
 
-1. a private ``redis-server`` (:class:`~chatbot.embedded.EmbeddedRedis`) on a free loopback
+1. a private ``redis-server`` (:class:`~chatbot.demo.embedded.EmbeddedRedis`) on a free loopback
    port, its directory removed on exit;
-2. a Celery worker subprocess running :mod:`chatbot.demo_tasks` (a card charge that is
+2. a Celery worker subprocess running :mod:`chatbot.demo.tasks` (a card charge that is
    sometimes declined, a slow report, a supplier sync that hangs);
 3. a producer thread that keeps submitting a mix of those tasks, plus receipts routed to the
    ``emails`` queue that no worker consumes, so it builds a backlog;
@@ -33,17 +33,17 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, TextIO, cast
 
-from chatbot import demo_tasks
 from chatbot.alerts.console import start_console_alerts
 from chatbot.commands.alerts import register_alert_commands
 from chatbot.config import Settings
 from chatbot.console import Console
-from chatbot.embedded import EmbeddedRedis, EmbeddedRedisError
+from chatbot.demo import tasks as demo_tasks
+from chatbot.demo.embedded import EmbeddedRedis, EmbeddedRedisError
+from chatbot.demo.worker import CeleryWorkerProcess, WorkerStartError
 from chatbot.model import Task
 from chatbot.render import Message
 from chatbot.runner import console_runner
 from chatbot.service import Service
-from chatbot.testing.worker import CeleryWorkerProcess, WorkerStartError
 
 __all__ = ["DEMO_USER", "DemoFleet", "demo_settings", "run_demo"]
 

@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from chatbot.testing.slack_payloads import (
+from tests.support.slack_payloads import (
     APP_ID,
     BOT_ID,
     BOT_USER_ID,

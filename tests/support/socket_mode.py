@@ -32,7 +32,7 @@ from typing import Any
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server, ServerConnection, serve
 
-from chatbot.testing.slack_payloads import APP_ID
+from tests.support.slack_payloads import APP_ID
 
 __all__ = ["MockSocketModeServer"]
 
