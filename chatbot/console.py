@@ -12,7 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import TextIO
 
-from chatbot.render import Message, to_text
+from chatbot.console_text import to_text
+from chatbot.render import Message
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from chatbot.broker import QueueLength
 from chatbot.commands import CommandContext, Dispatcher, build_registry
 from chatbot.commands.alerts import register_alert_commands
 from chatbot.config import Settings
-from chatbot.render import Message, Renderer, to_text
+from chatbot.console_text import to_text
+from chatbot.render import Message, Renderer
 from chatbot.store.memory import MemoryStore
 from chatbot.store.records import MemoryRecordStore
 from tests.support.slack_api import MockSlackAPI

@@ -39,11 +39,12 @@ from chatbot.commands.parser import (
     split_command_line,
 )
 from chatbot.config import Settings
+from chatbot.console_text import to_text
 from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
 from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import FAILURE, RETRY, STARTED, SUCCESS, StreamHealth
-from chatbot.render import Message, Renderer, to_text
+from chatbot.render import Message, Renderer
 from chatbot.store.memory import MemoryStore
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import FAIL, HANG, make_app

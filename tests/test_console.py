@@ -1,4 +1,5 @@
-"""The terminal face, driven through io.StringIO with the real dispatcher and MemoryStore."""
+"""The terminal face, driven through io.StringIO with the real dispatcher and MemoryStore, and
+the terminal text it prints (``to_text``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from chatbot.commands import CommandContext, Dispatcher, build_registry
 from chatbot.config import Settings
 from chatbot.console import BANNER, Console
+from chatbot.console_text import to_text
 from chatbot.render import Message, Renderer
 from chatbot.store.memory import MemoryStore
 from tests.test_commands import NOW, build_fleet
@@ -109,3 +111,45 @@ def test_confirm_hook_can_be_injected() -> None:
     console = Console(lambda t: Message("x"), io.StringIO(""), io.StringIO(), confirm=approve)
     assert console.confirm("Shut down celery@web-1?") is True
     assert asked == ["Shut down celery@web-1?"]
+
+
+# -- terminal text (chatbot/console_text.py) -------------------------------------------------------
+def test_to_text_is_readable() -> None:
+    message = Message(
+        text="fallback",
+        blocks=[
+            {"type": "header", "text": {"type": "plain_text", "text": "Celery status"}},
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": "*3 failures* in `proj.a` &lt;!channel&gt; &amp; 2*3*4",
+                },
+            },
+            {"type": "section", "fields": [{"type": "mrkdwn", "text": "*Worker*\n`w1@host`"}]},
+            {"type": "divider"},
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": "*Traceback*\n```\nline *1*\nline 2\n```"},
+            },
+            {
+                "type": "context",
+                "elements": [
+                    {"type": "mrkdwn", "text": ":warning: a"},
+                    {"type": "mrkdwn", "text": "b"},
+                ],
+            },
+        ],
+    )
+    text = to_text(message)
+    assert text.startswith("Celery status\n=============\n")
+    assert "3 failures in proj.a <!channel> & 2*3*4" in text
+    assert "  Worker: w1@host" in text
+    assert "-" * 20 in text
+    assert "    line *1*\n    line 2" in text  # code keeps its characters, indented
+    assert "(!) a · b" in text
+    assert "`" not in text
+
+
+def test_to_text_of_a_message_without_blocks_uses_the_fallback() -> None:
+    assert to_text(Message(text="only &lt;text&gt;")) == "only <text>\n"

@@ -274,6 +274,7 @@ import sys
 from pathlib import Path
 import chatbot, chatbot.check, chatbot.demo, chatbot.demo.tasks
 from chatbot import render
+from chatbot.console_text import to_text
 venv = Path(sys.argv[1]).resolve()
 assert venv in Path(chatbot.__file__).resolve().parents, chatbot.__file__
 dirs = render.default_template_dirs()
@@ -282,7 +283,7 @@ assert venv in dirs[0].resolve().parents, dirs
 message = render.Renderer().render(
     "error.json.j2", error="unknown task <abc>", usage="task UUID", help_hint="help task"
 )
-print(render.to_text(message))
+print(to_text(message))
 try:
     import chatbot.testing
 except ModuleNotFoundError:

@@ -1,4 +1,8 @@
-"""Renderer: escaping of untrusted task data, Block Kit limits for any input, terminal text."""
+"""Renderer: escaping of untrusted task data, Block Kit limits for any input.
+
+slack_sdk's Block Kit models are the independent oracle: what the enforcer produces must pass
+them, and what the validator rejects they must reject too. Terminal text: tests/test_console.py.
+"""
 
 from __future__ import annotations
 
@@ -24,15 +28,14 @@ from chatbot.render import (
     Message,
     Renderer,
     RenderError,
-    check_limits,
     duration,
     fit_message,
     mrkdwn,
     shortid,
     tail,
-    to_text,
     truncate_middle,
     utc_time,
+    validate_blocks,
 )
 
 NOW = 1_700_000_000.0
@@ -53,7 +56,10 @@ def all_texts(node: Any) -> list[str]:
 
 def assert_valid(message: Message, max_blocks: int = MESSAGE_MAX_BLOCKS) -> None:
     """Valid for Slack: our own limit check, slack_sdk's validators, and no live markup."""
-    assert check_limits(message.blocks, max_blocks=max_blocks) == []
+    assert (
+        validate_blocks(message.blocks, max_blocks=max_blocks, text_budget=MESSAGE_TEXT_BUDGET)
+        == []
+    )
     for raw in message.blocks:
         block = Block.parse(raw)
         assert block is not None, raw
@@ -264,7 +270,7 @@ def test_any_input_is_fitted_to_every_limit() -> None:
     # Per-element limits first (no cumulative budget, so every kind of block stays in view)...
     text, blocks = fit_message(document, text_budget=None)
     message = Message(text=text, blocks=blocks)
-    assert check_limits(blocks, text_budget=None) == []
+    assert validate_blocks(blocks) == []
     for raw in blocks:
         Block.parse(raw).validate_json()  # type: ignore[union-attr]
     assert len(text) <= FALLBACK_TEXT_MAX
@@ -286,7 +292,7 @@ def test_any_input_is_fitted_to_every_limit() -> None:
         assert not re.search(r"&[a-z]{0,3}…", t), t[-20:]
     # ...then with the cumulative budget as well.
     _, budgeted = fit_message(document)
-    assert check_limits(budgeted) == []
+    assert validate_blocks(budgeted, text_budget=MESSAGE_TEXT_BUDGET) == []
     assert "cut to fit" in budgeted[-1]["elements"][0]["text"]
 
 
@@ -316,7 +322,7 @@ def test_cumulative_text_budget_is_enforced() -> None:
         ]
     }
     _, blocks = fit_message(document)
-    assert check_limits(blocks) == []
+    assert validate_blocks(blocks, text_budget=MESSAGE_TEXT_BUDGET) == []
     assert sum(len(t) for t in all_texts(blocks)) <= MESSAGE_TEXT_BUDGET
     assert "more not shown" in blocks[-1]["elements"][0]["text"]
 
@@ -391,48 +397,6 @@ def test_trailing_commas_inside_strings_are_kept(tmp_path: Path) -> None:
     message = Renderer([tmp_path]).render("t.json.j2", v='a ,] b ,} "c",]')
     assert message.text == 'a ,] b ,} "c",]'
     assert message.blocks[0]["text"]["text"] == 'a ,] b ,} "c",]'
-
-
-# -- terminal text -------------------------------------------------------------------------------
-def test_to_text_is_readable() -> None:
-    message = Message(
-        text="fallback",
-        blocks=[
-            {"type": "header", "text": {"type": "plain_text", "text": "Celery status"}},
-            {
-                "type": "section",
-                "text": {
-                    "type": "mrkdwn",
-                    "text": "*3 failures* in `proj.a` &lt;!channel&gt; &amp; 2*3*4",
-                },
-            },
-            {"type": "section", "fields": [{"type": "mrkdwn", "text": "*Worker*\n`w1@host`"}]},
-            {"type": "divider"},
-            {
-                "type": "section",
-                "text": {"type": "mrkdwn", "text": "*Traceback*\n```\nline *1*\nline 2\n```"},
-            },
-            {
-                "type": "context",
-                "elements": [
-                    {"type": "mrkdwn", "text": ":warning: a"},
-                    {"type": "mrkdwn", "text": "b"},
-                ],
-            },
-        ],
-    )
-    text = to_text(message)
-    assert text.startswith("Celery status\n=============\n")
-    assert "3 failures in proj.a <!channel> & 2*3*4" in text
-    assert "  Worker: w1@host" in text
-    assert "-" * 20 in text
-    assert "    line *1*\n    line 2" in text  # code keeps its characters, indented
-    assert "(!) a · b" in text
-    assert "`" not in text
-
-
-def test_to_text_of_a_message_without_blocks_uses_the_fallback() -> None:
-    assert to_text(Message(text="only &lt;text&gt;")) == "only <text>\n"
 
 
 def test_ago_reads_a_second_of_clock_skew_as_just_now() -> None:

@@ -19,8 +19,9 @@ from chatbot.alerts.manager import AlertManager
 from chatbot.alerts.scheduler import AlertScheduler, QueueLengthReader
 from chatbot.alerts.sender import POST, UPDATE, SenderHealth, SendResult
 from chatbot.config import Settings
+from chatbot.console_text import to_text
 from chatbot.model import StreamHealth
-from chatbot.render import Message, Renderer, to_text
+from chatbot.render import Message, Renderer
 from chatbot.store import FleetStore, RecordStore
 
 CONSOLE_CHANNEL = "console"

@@ -13,7 +13,9 @@ The server speaks the wire format slack_sdk uses: ``POST``/``GET`` ``/api/<metho
 form-encoded or JSON body and ``Authorization: Bearer <token>``; replies are JSON with ``ok``.
 Behaviour that real Slack enforces and that our code must cope with is enforced here too:
 token types, OAuth scopes (``missing_scope``), archived channels and channel membership,
-Block Kit limits (``invalid_blocks``), and the five-use limit of a ``response_url``.
+Block Kit limits (``invalid_blocks``, checked by the product's own validator,
+:func:`chatbot.render.blockkit.validate_blocks`, which the tests hold to slack_sdk's models),
+and the five-use limit of a ``response_url``.
 Faults are injected per method with :meth:`MockSlackAPI.fail_next` and
 :meth:`MockSlackAPI.rate_limit_next`.
 """
@@ -35,6 +37,7 @@ from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from chatbot.render.blockkit import SLACK_TEXT_MAX, VIEW_MAX_BLOCKS, validate_blocks
 from tests.support.slack_payloads import (
     APP_ID,
     BOT_ID,
@@ -50,6 +53,7 @@ __all__ = [
     "Call",
     "MockSlackAPI",
     "SocketModeEndpoint",
+    "validate_blocks",
 ]
 
 # The bot scopes of the app manifest (docs: chatops research §2.8), so that by default the
@@ -102,10 +106,6 @@ _CONVERSATION_READ_SCOPE = {"C": "channels:read", "G": "groups:read", "D": "im:r
 
 _APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
 _NO_AUTH_METHODS = frozenset({"api.test"})
-
-_MESSAGE_TEXT_MAX = 40_000
-_MESSAGE_BLOCKS_MAX = 50
-_VIEW_BLOCKS_MAX = 100
 
 _USER_ID_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _CONVERSATION_ID_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
@@ -163,144 +163,6 @@ class _Reply:
 
 def _err(error: str, **extra: Any) -> dict[str, Any]:
     return {"ok": False, "error": error, **extra}
-
-
-# --------------------------------------------------------------------------- Block Kit checks
-
-
-def _check_text(obj: Any, ptr: str, max_len: int, *, plain_only: bool = False) -> list[str]:
-    if not isinstance(obj, dict):
-        return [f"[ERROR] must be a text object [json-pointer:{ptr}]"]
-    allowed = ("plain_text",) if plain_only else ("plain_text", "mrkdwn")
-    if obj.get("type") not in allowed:
-        return [f"[ERROR] must be one of {list(allowed)} [json-pointer:{ptr}/type]"]
-    text = obj.get("text")
-    if not isinstance(text, str) or not text:
-        return [f"[ERROR] must be more than 0 characters [json-pointer:{ptr}/text]"]
-    if len(text) > max_len:
-        return [f"[ERROR] must be less than {max_len + 1} characters [json-pointer:{ptr}/text]"]
-    return []
-
-
-def _check_element(el: Any, ptr: str) -> list[str]:
-    if not isinstance(el, dict) or not isinstance(el.get("type"), str):
-        return [f"[ERROR] missing required field: type [json-pointer:{ptr}]"]
-    errors: list[str] = []
-    action_id = el.get("action_id")
-    if action_id is not None and (not isinstance(action_id, str) or len(action_id) > 255):
-        errors.append(f"[ERROR] must be less than 256 characters [json-pointer:{ptr}/action_id]")
-    if el["type"] == "button":
-        errors += _check_text(el.get("text"), f"{ptr}/text", 75, plain_only=True)
-        value = el.get("value")
-        if value is not None and (not isinstance(value, str) or len(value) > 2000):
-            errors.append(f"[ERROR] must be less than 2001 characters [json-pointer:{ptr}/value]")
-        url = el.get("url")
-        if url is not None and (not isinstance(url, str) or len(url) > 3000):
-            errors.append(f"[ERROR] must be less than 3001 characters [json-pointer:{ptr}/url]")
-        if "style" in el and el["style"] not in ("primary", "danger"):
-            errors.append(f"[ERROR] must be one of primary, danger [json-pointer:{ptr}/style]")
-    return errors
-
-
-_BLOCK_TYPES = frozenset(
-    {
-        "actions",
-        "context",
-        "divider",
-        "file",
-        "header",
-        "image",
-        "input",
-        "markdown",
-        "rich_text",
-        "section",
-        "table",
-        "video",
-    }
-)
-
-
-def _check_block(block: Any, ptr: str) -> list[str]:
-    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-        return [f"[ERROR] missing required field: type [json-pointer:{ptr}]"]
-    kind = block["type"]
-    if kind not in _BLOCK_TYPES:
-        return [f"[ERROR] unsupported type: {kind} [json-pointer:{ptr}/type]"]
-    errors: list[str] = []
-    block_id = block.get("block_id")
-    if block_id is not None and (not isinstance(block_id, str) or len(block_id) > 255):
-        errors.append(f"[ERROR] must be less than 256 characters [json-pointer:{ptr}/block_id]")
-    if kind == "section":
-        if "text" not in block and "fields" not in block:
-            errors.append(f"[ERROR] must provide either text or fields [json-pointer:{ptr}]")
-        if "text" in block:
-            errors += _check_text(block["text"], f"{ptr}/text", 3000)
-        fields = block.get("fields")
-        if fields is not None:
-            if not isinstance(fields, list) or len(fields) > 10:
-                errors.append(f"[ERROR] must provide at most 10 items [json-pointer:{ptr}/fields]")
-            else:
-                for i, f in enumerate(fields):
-                    errors += _check_text(f, f"{ptr}/fields/{i}", 2000)
-        if "accessory" in block:
-            errors += _check_element(block["accessory"], f"{ptr}/accessory")
-    elif kind == "header":
-        errors += _check_text(block.get("text"), f"{ptr}/text", 150, plain_only=True)
-    elif kind in ("context", "actions"):
-        limit = 10 if kind == "context" else 25
-        elements = block.get("elements")
-        if not isinstance(elements, list) or not 1 <= len(elements) <= limit:
-            errors.append(
-                f"[ERROR] must provide between 1 and {limit} items [json-pointer:{ptr}/elements]"
-            )
-        else:
-            seen: set[str] = set()
-            for i, el in enumerate(elements):
-                eptr = f"{ptr}/elements/{i}"
-                if kind == "context" and isinstance(el, dict) and el.get("type") != "image":
-                    errors += _check_text(el, eptr, 3000)
-                elif kind == "actions":
-                    errors += _check_element(el, eptr)
-                    aid = el.get("action_id") if isinstance(el, dict) else None
-                    if isinstance(aid, str):
-                        if aid in seen:
-                            errors.append(
-                                f"[ERROR] duplicate action_id {aid} [json-pointer:{eptr}/action_id]"
-                            )
-                        seen.add(aid)
-    elif kind == "markdown":
-        text = block.get("text")
-        if not isinstance(text, str) or not 0 < len(text) <= 12000:
-            errors.append(
-                f"[ERROR] must be between 1 and 12000 characters [json-pointer:{ptr}/text]"
-            )
-    elif kind == "image":
-        if "image_url" not in block and "slack_file" not in block:
-            errors.append(f"[ERROR] missing required field: image_url [json-pointer:{ptr}]")
-        alt = block.get("alt_text")
-        if not isinstance(alt, str) or not 0 < len(alt) <= 2000:
-            errors.append(
-                f"[ERROR] must be between 1 and 2000 characters [json-pointer:{ptr}/alt_text]"
-            )
-    return errors
-
-
-def validate_blocks(blocks: Any, *, max_blocks: int = _MESSAGE_BLOCKS_MAX) -> list[str]:
-    """Slack's Block Kit checks that our renderer could trip; empty list means valid."""
-    if not isinstance(blocks, list):
-        return ["[ERROR] must be an array [json-pointer:/blocks]"]
-    if len(blocks) > max_blocks:
-        return [f"[ERROR] no more than {max_blocks} items allowed [json-pointer:/blocks]"]
-    errors: list[str] = []
-    block_ids: set[str] = set()
-    for i, block in enumerate(blocks):
-        errors += _check_block(block, f"/blocks/{i}")
-        bid = block.get("block_id") if isinstance(block, dict) else None
-        if isinstance(bid, str):
-            if bid in block_ids:
-                errors.append(f"[ERROR] duplicate block_id {bid} [json-pointer:/blocks/{i}]")
-            block_ids.add(bid)
-    return errors
 
 
 def _invalid_blocks(errors: list[str]) -> dict[str, Any]:
@@ -769,7 +631,7 @@ class MockSlackAPI:
         blocks = params.get("blocks")
         if not allow_empty and not text and not blocks and not params.get("attachments"):
             return _err("no_text")
-        if isinstance(text, str) and len(text) > _MESSAGE_TEXT_MAX:
+        if isinstance(text, str) and len(text) > SLACK_TEXT_MAX:
             return _err("msg_too_long")
         if self._validate and blocks is not None:
             errors = validate_blocks(blocks)
@@ -874,7 +736,7 @@ class MockSlackAPI:
                 response_metadata={"messages": ["[ERROR] view.type must be home"]},
             )
         if self._validate:
-            errors = validate_blocks(view.get("blocks", []), max_blocks=_VIEW_BLOCKS_MAX)
+            errors = validate_blocks(view.get("blocks", []), max_blocks=VIEW_MAX_BLOCKS)
             if errors:
                 return _err("invalid_arguments", response_metadata={"messages": errors})
         previous = self._home_views.get(user_id)
