@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import pytest
-from slack_sdk.models.blocks import Block
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block, BlockElement
+from slack_sdk.models.views import View
 
 from chatbot.model import FAILURE, STARTED, StreamHealth, Task
 from chatbot.render import (
@@ -37,6 +42,17 @@ from chatbot.render import (
     utc_time,
     validate_blocks,
 )
+from chatbot.render.blockkit import (
+    ACTIONS_ELEMENTS_MAX,
+    BUTTON_URL_MAX,
+    CONTEXT_ELEMENTS_MAX,
+    CONTEXT_TEXT_MAX,
+    FIELD_TEXT_MAX,
+    ID_MAX,
+    IMAGE_ALT_TEXT_MAX,
+    MARKDOWN_BLOCK_MAX,
+    SECTION_FIELDS_MAX,
+)
 
 NOW = 1_700_000_000.0
 HOSTILE = "<!channel> <@U123> <https://evil.example|click> & `rm -rf /` ```x``` <!here>"
@@ -54,16 +70,42 @@ def all_texts(node: Any) -> list[str]:
     return []
 
 
+def slack_sdk_errors(blocks: list[dict[str, Any]]) -> list[str]:
+    """What slack_sdk's Block Kit models reject in ``blocks``: the independent oracle.
+
+    ``Block.validate_json`` checks a block's own fields; the interactive elements inside it
+    (a section's accessory, an actions block's buttons) are validated one by one as well.
+    """
+    errors: list[str] = []
+    for index, raw in enumerate(blocks):
+        try:
+            block = Block.parse(raw)
+            if block is None:
+                errors.append(f"/blocks/{index}: not a block")
+                continue
+            block.validate_json()
+            inner = [raw["accessory"]] if "accessory" in raw else []
+            if raw.get("type") == "actions":
+                inner += raw.get("elements") or []
+            for element in inner:
+                parsed = BlockElement.parse(element)
+                if parsed is None:
+                    errors.append(f"/blocks/{index}: not an element")
+                else:
+                    parsed.validate_json()
+        except (SlackObjectFormationError, TypeError, KeyError) as exc:
+            errors.append(f"/blocks/{index}: {exc}")
+    return errors
+
+
 def assert_valid(message: Message, max_blocks: int = MESSAGE_MAX_BLOCKS) -> None:
     """Valid for Slack: our own limit check, slack_sdk's validators, and no live markup."""
     assert (
         validate_blocks(message.blocks, max_blocks=max_blocks, text_budget=MESSAGE_TEXT_BUDGET)
         == []
     )
-    for raw in message.blocks:
-        block = Block.parse(raw)
-        assert block is not None, raw
-        block.validate_json()
+    assert slack_sdk_errors(message.blocks) == []
+    assert len(message.blocks) <= max_blocks
     assert message.text.strip() and len(message.text) <= FALLBACK_TEXT_MAX
     for text in [message.text, *all_texts(message.blocks)]:
         # No raw angle bracket survives: Slack cannot see a mention, a broadcast or a link.
@@ -271,8 +313,7 @@ def test_any_input_is_fitted_to_every_limit() -> None:
     text, blocks = fit_message(document, text_budget=None)
     message = Message(text=text, blocks=blocks)
     assert validate_blocks(blocks) == []
-    for raw in blocks:
-        Block.parse(raw).validate_json()  # type: ignore[union-attr]
+    assert slack_sdk_errors(blocks) == []
     assert len(text) <= FALLBACK_TEXT_MAX
     assert (
         blocks[0]["text"]["text"].endswith("…")
@@ -307,6 +348,11 @@ def test_home_views_may_hold_100_blocks(renderer: Renderer) -> None:
     _, message_blocks = fit_message(document)
     assert len(view_blocks) == VIEW_MAX_BLOCKS
     assert len(message_blocks) == MESSAGE_MAX_BLOCKS
+    assert validate_blocks(view_blocks, max_blocks=VIEW_MAX_BLOCKS) == []
+    View(type="home", blocks=view_blocks).validate_json()  # slack_sdk's own view limit
+    with pytest.raises(SlackObjectFormationError):
+        View(type="home", blocks=[*view_blocks, {"type": "divider"}]).validate_json()
+    assert validate_blocks([*view_blocks, {"type": "divider"}], max_blocks=VIEW_MAX_BLOCKS)
     assert "51 more" in view_blocks[-1]["elements"][0]["text"]
 
 
@@ -325,6 +371,256 @@ def test_cumulative_text_budget_is_enforced() -> None:
     assert validate_blocks(blocks, text_budget=MESSAGE_TEXT_BUDGET) == []
     assert sum(len(t) for t in all_texts(blocks)) <= MESSAGE_TEXT_BUDGET
     assert "more not shown" in blocks[-1]["elements"][0]["text"]
+
+
+# -- the one limits module against slack_sdk's models ---------------------------------------------
+def _button(**fields: Any) -> dict[str, Any]:
+    return {"type": "button", "text": {"type": "plain_text", "text": "b"}, **fields}
+
+
+def _mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": text}
+
+
+# (what, a block with n of it, the limit, where the validator reports it, slack_sdk checks it)
+LIMIT_CASES: list[tuple[str, Callable[[int], dict[str, Any]], int, str, bool]] = [
+    (
+        "section text",
+        lambda n: {"type": "section", "text": _mrkdwn("x" * n)},
+        SECTION_TEXT_MAX,
+        "/blocks/0/text/text",
+        True,
+    ),
+    (
+        "section fields",
+        lambda n: {"type": "section", "fields": [_mrkdwn("f")] * n},
+        SECTION_FIELDS_MAX,
+        "/blocks/0/fields",
+        True,
+    ),
+    (
+        "field text",
+        lambda n: {"type": "section", "fields": [_mrkdwn("x" * n)]},
+        FIELD_TEXT_MAX,
+        "/blocks/0/fields/0/text",
+        False,  # slack_sdk does not check a field's length; Slack's docs say 2,000
+    ),
+    (
+        "header text",
+        lambda n: {"type": "header", "text": {"type": "plain_text", "text": "x" * n}},
+        HEADER_TEXT_MAX,
+        "/blocks/0/text/text",
+        True,
+    ),
+    (
+        "context elements",
+        lambda n: {"type": "context", "elements": [_mrkdwn("c")] * n},
+        CONTEXT_ELEMENTS_MAX,
+        "/blocks/0/elements",
+        True,
+    ),
+    (
+        "context text",
+        lambda n: {"type": "context", "elements": [_mrkdwn("x" * n)]},
+        CONTEXT_TEXT_MAX,
+        "/blocks/0/elements/0/text",
+        False,  # not checked by slack_sdk either
+    ),
+    (
+        "actions elements",
+        lambda n: {"type": "actions", "elements": [_button(action_id=f"a{i}") for i in range(n)]},
+        ACTIONS_ELEMENTS_MAX,
+        "/blocks/0/elements",
+        True,
+    ),
+    (
+        "button text",
+        lambda n: {
+            "type": "actions",
+            "elements": [_button(text={"type": "plain_text", "text": "x" * n})],
+        },
+        BUTTON_TEXT_MAX,
+        "/blocks/0/elements/0/text/text",
+        True,
+    ),
+    (
+        "button value",
+        lambda n: {"type": "actions", "elements": [_button(value="v" * n)]},
+        BUTTON_VALUE_MAX,
+        "/blocks/0/elements/0/value",
+        True,
+    ),
+    (
+        "button url",
+        lambda n: {
+            "type": "actions",
+            "elements": [_button(url="https://e.example/" + "u" * (n - 18))],
+        },
+        BUTTON_URL_MAX,
+        "/blocks/0/elements/0/url",
+        True,
+    ),
+    (
+        "action_id",
+        lambda n: {
+            "type": "section",
+            "text": _mrkdwn("s"),
+            "accessory": _button(action_id="a" * n),
+        },
+        ID_MAX,
+        "/blocks/0/accessory/action_id",
+        True,
+    ),
+    (
+        "block_id",
+        lambda n: {"type": "divider", "block_id": "b" * n},
+        ID_MAX,
+        "/blocks/0/block_id",
+        True,
+    ),
+    (
+        "markdown text",
+        lambda n: {"type": "markdown", "text": "x" * n},
+        MARKDOWN_BLOCK_MAX,
+        "/blocks/0/text",
+        True,
+    ),
+    (
+        "image alt text",
+        lambda n: {"type": "image", "image_url": "https://e.example/i.png", "alt_text": "a" * n},
+        IMAGE_ALT_TEXT_MAX,
+        "/blocks/0/alt_text",
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "limit", "pointer", "slack_sdk_checks"),
+    [case[1:] for case in LIMIT_CASES],
+    ids=[case[0] for case in LIMIT_CASES],
+)
+def test_validator_and_slack_sdk_agree_at_each_limit(
+    build: Callable[[int], dict[str, Any]], limit: int, pointer: str, slack_sdk_checks: bool
+) -> None:
+    at_limit, over = [build(limit)], [build(limit + 1)]
+    assert validate_blocks(at_limit) == []
+    assert slack_sdk_errors(at_limit) == []
+    (problem,) = validate_blocks(over)
+    assert problem.startswith("[ERROR] ") and problem.endswith(f"[json-pointer:{pointer}]")
+    if slack_sdk_checks:
+        assert slack_sdk_errors(over), "slack_sdk accepts what our validator rejects"
+    # The enforcer brings the over-limit block back within every limit.
+    _, fitted = fit_message({"blocks": over}, text_budget=None)
+    assert fitted and validate_blocks(fitted) == [] and slack_sdk_errors(fitted) == []
+
+
+def test_validator_reports_what_slack_rejects_beyond_lengths() -> None:
+    button = _button(action_id="same")
+    cases: list[tuple[Any, str]] = [
+        ("blocks", "must be an array [json-pointer:/blocks]"),
+        ([{"type": "divider"}] * (MESSAGE_MAX_BLOCKS + 1), "no more than 50 items allowed"),
+        ([{"type": "carousel"}], "unsupported type: carousel [json-pointer:/blocks/0/type]"),
+        ([{"text": "no type"}], "missing required field: type [json-pointer:/blocks/0]"),
+        ([{"type": "section"}], "must provide either text or fields [json-pointer:/blocks/0]"),
+        ([{"type": "section", "text": _mrkdwn("  ")}], "more than 0 characters"),
+        ([{"type": "header", "text": _mrkdwn("h")}], "[json-pointer:/blocks/0/text/type]"),
+        ([{"type": "context", "elements": []}], "between 1 and 10 items"),
+        ([{"type": "actions", "elements": [button, button]}], "duplicate action_id same"),
+        ([{"type": "actions", "elements": [_button(style="loud")]}], "one of primary, danger"),
+        ([{"type": "divider", "block_id": "d"}] * 2, "duplicate block_id d"),
+        ([{"type": "image", "alt_text": "a"}], "missing required field: image_url"),
+    ]
+    for blocks, expected in cases:
+        problems = validate_blocks(blocks)
+        assert any(expected in problem for problem in problems), (blocks, problems)
+    sized = [{"type": "section", "text": _mrkdwn("z" * 600)}] * 2
+    assert validate_blocks(sized, text_budget=1200) == []
+    assert validate_blocks(sized, text_budget=1199) == [
+        "[ERROR] block texts must add up to at most 1199 [json-pointer:/blocks]"
+    ]
+    assert validate_blocks([{"type": "divider"}] * VIEW_MAX_BLOCKS) != []
+    assert (
+        validate_blocks([{"type": "divider"}] * VIEW_MAX_BLOCKS, max_blocks=VIEW_MAX_BLOCKS) == []
+    )
+
+
+# Texts that stress the cuts: entities, backticks and fences, multi-byte characters.
+_TEXTS = st.builds(
+    lambda unit, count: unit * count,
+    st.sampled_from(["x", "&<>`", "```", "é ", "*b* ", " ", "a\n"]),
+    st.integers(min_value=0, max_value=4000),
+)
+_IDS = st.one_of(
+    st.none(), st.builds(lambda c, n: c * n, st.sampled_from("ab"), st.integers(0, 300))
+)
+
+
+def _text_object(kinds: Sequence[str] = ("plain_text", "mrkdwn", "other")) -> Any:
+    return st.builds(
+        lambda kind, text: {"type": kind, "text": text}, st.sampled_from(kinds), _TEXTS
+    )
+
+
+def _without_none(**fields: Any) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+_BUTTONS = st.builds(
+    lambda text, action_id, value, style: _without_none(
+        type="button", text=text, action_id=action_id, value=value, style=style
+    ),
+    _text_object(),
+    _IDS,
+    st.one_of(st.none(), _TEXTS),
+    st.sampled_from([None, "primary", "danger", "loud"]),
+)
+_IMAGES = st.builds(
+    lambda url, alt: _without_none(type="image", image_url=url, alt_text=alt),
+    st.sampled_from([None, "https://e.example/i.png", "https://e.example/" + "u" * 3000]),
+    st.one_of(st.none(), _TEXTS),
+)
+_BLOCKS = st.one_of(
+    st.builds(lambda t, b: _without_none(type="header", text=t, block_id=b), _text_object(), _IDS),
+    st.builds(
+        lambda t, f, a, b: _without_none(type="section", text=t, fields=f, accessory=a, block_id=b),
+        st.one_of(st.none(), _text_object()),
+        st.one_of(st.none(), st.lists(_text_object(), max_size=25)),
+        st.one_of(st.none(), _BUTTONS, _IMAGES),
+        _IDS,
+    ),
+    st.builds(
+        lambda e: {"type": "context", "elements": e},
+        st.lists(st.one_of(_text_object(), _IMAGES), max_size=15),
+    ),
+    st.builds(lambda e: {"type": "actions", "elements": e}, st.lists(_BUTTONS, max_size=30)),
+    st.builds(lambda t: {"type": "markdown", "text": t}, _TEXTS),
+    _IMAGES,
+    st.just({"type": "divider"}),
+    st.builds(lambda b: _without_none(type="divider", block_id=b), _IDS),
+)
+
+
+# No deadline: this project asserts no timing (a slow example is not a failure).
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    blocks=st.lists(_BLOCKS, max_size=70),
+    text=_TEXTS,
+    view=st.booleans(),
+)
+def test_any_document_is_fitted_to_what_both_validators_accept(
+    blocks: list[dict[str, Any]], text: str, view: bool
+) -> None:
+    max_blocks = VIEW_MAX_BLOCKS if view else MESSAGE_MAX_BLOCKS
+    budget = None if view else MESSAGE_TEXT_BUDGET
+    fallback, fitted = fit_message(
+        {"text": text, "blocks": blocks}, max_blocks=max_blocks, text_budget=budget
+    )
+    assert validate_blocks(fitted, max_blocks=max_blocks, text_budget=budget) == []
+    assert slack_sdk_errors(fitted) == []
+    if view and fitted:
+        View(type="home", blocks=fitted).validate_json()
+    assert fallback.strip() and len(fallback) <= FALLBACK_TEXT_MAX
 
 
 # -- filters -------------------------------------------------------------------------------------

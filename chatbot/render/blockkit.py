@@ -36,6 +36,7 @@ BUTTON_VALUE_MAX = 2000
 BUTTON_URL_MAX = 3000
 BUTTON_STYLES = ("primary", "danger")
 IMAGE_ALT_TEXT_MAX = 2000
+IMAGE_URL_MAX = 3000
 ID_MAX = 255  # action_id and block_id
 # Slack cuts a message's `text` beyond 40,000 characters.
 SLACK_TEXT_MAX = 40_000
@@ -76,15 +77,24 @@ def _fit_text(text: str, limit: int) -> str:
         return text
     suffix = ""
     for _ in range(3):  # the suffix depends on the cut and the cut on the suffix: settle it
-        cut = entity_safe_end(text, max(0, limit - len(suffix) - len(ELLIPSIS)))
-        kept = text[:cut]
-        fences = kept.count("```")
-        singles = kept.replace("```", "").count("`")
-        needed = ("`" if singles % 2 else "") + ("\n```" if fences % 2 else "")
+        kept = text[: entity_safe_end(text, max(0, limit - len(suffix) - len(ELLIPSIS)))]
+        needed = _closing_suffix(kept)
         if needed == suffix:
-            break
+            return kept + ELLIPSIS + suffix
         suffix = needed
-    return kept + ELLIPSIS + suffix
+    # Not settled (a run of backticks flips the suffix with each cut): reserve the longest one.
+    kept = text[: entity_safe_end(text, max(0, limit - len(_LONGEST_SUFFIX) - len(ELLIPSIS)))]
+    return kept + ELLIPSIS + _closing_suffix(kept)
+
+
+_LONGEST_SUFFIX = "`\n```"
+
+
+def _closing_suffix(kept: str) -> str:
+    """What closes the code span and code block that ``kept`` leaves open."""
+    fences = kept.count("```")
+    singles = kept.replace("```", "").count("`")
+    return ("`" if singles % 2 else "") + ("\n```" if fences % 2 else "")
 
 
 def _fit_text_object(obj: Any, limit: int) -> dict[str, Any] | None:
@@ -106,13 +116,30 @@ def _fit_id(value: Any) -> str | None:
     return str(value)[:ID_MAX] or None
 
 
+def _fit_image(image: Mapping[str, Any]) -> dict[str, Any] | None:
+    """An image block or element: dropped without a usable URL, its alt text cut to fit."""
+    fitted = dict(image)
+    url = fitted.get("image_url")
+    if "slack_file" not in fitted and (not isinstance(url, str) or len(url) > IMAGE_URL_MAX):
+        return None  # a cut URL would point somewhere else
+    alt_text = str(fitted.get("alt_text") or "").strip()
+    if not alt_text:
+        return None  # Slack requires it, and there is nothing honest to invent
+    fitted["alt_text"] = _fit_text(alt_text, IMAGE_ALT_TEXT_MAX)
+    return fitted
+
+
 def _fit_element(element: Any) -> dict[str, Any] | None:
     """Interactive elements (buttons mostly): text, value, url and action_id within limits."""
     if not isinstance(element, Mapping):
         return None
+    if element.get("type") == "image":
+        return _fit_image(element)
     fitted = dict(element)
     if "action_id" in fitted:
         fitted["action_id"] = _fit_id(fitted["action_id"])
+        if fitted["action_id"] is None:
+            del fitted["action_id"]
     if fitted.get("type") == "button":
         label = _fit_text_object(fitted.get("text"), BUTTON_TEXT_MAX)
         if label is None:
@@ -177,8 +204,11 @@ def _fit_block(block: Mapping[str, Any]) -> list[dict[str, Any]]:
                 fitted_element = _fit_text_object(element, CONTEXT_TEXT_MAX)
                 if fitted_element is not None:
                     elements.append(fitted_element)
-            elif isinstance(element, Mapping):
-                elements.append(dict(element))
+            elif isinstance(element, Mapping) and element.get("type") == "image":
+                image = _fit_image(element)
+                if image is not None:
+                    elements.append(image)
+            # Anything else Slack does not accept in a context block: dropped.
         if not elements:
             return []
         if len(elements) > CONTEXT_ELEMENTS_MAX:
@@ -196,6 +226,7 @@ def _fit_block(block: Mapping[str, Any]) -> list[dict[str, Any]]:
         if not elements:
             return []
         fitted["elements"] = elements[:ACTIONS_ELEMENTS_MAX]
+        _unique_ids(fitted["elements"], "action_id")  # Slack rejects a repeat within a block
         return [fitted]
     if kind == "markdown":
         body = str(fitted.get("text") or "")
@@ -203,6 +234,9 @@ def _fit_block(block: Mapping[str, Any]) -> list[dict[str, Any]]:
             return []
         fitted["text"] = _fit_text(body, MARKDOWN_BLOCK_MAX)
         return [fitted]
+    if kind == "image":
+        image = _fit_image(fitted)
+        return [image] if image is not None else []
     if kind == "divider":
         return [fitted]
     # Unknown types pass through: Slack knows more blocks than this enforcer does.
@@ -272,18 +306,19 @@ def _page(
         gap = victim if gap is None else min(gap, victim)
 
 
-def _unique_block_ids(blocks: list[dict[str, Any]]) -> None:
+def _unique_ids(items: list[dict[str, Any]], key: str) -> None:
+    """Number repeats of ``items[i][key]`` (block_id, action_id): ``x``, ``x-2``, ``x-3``."""
     seen: set[str] = set()
-    for block in blocks:
-        block_id = block.get("block_id")
-        if block_id is None:
+    for item in items:
+        value = item.get(key)
+        if value is None:
             continue
-        candidate, n = block_id, 2
+        candidate, n = str(value), 2
         while candidate in seen:
             suffix = f"-{n}"
-            candidate = block_id[: ID_MAX - len(suffix)] + suffix
+            candidate = str(value)[: ID_MAX - len(suffix)] + suffix
             n += 1
-        block["block_id"] = candidate
+        item[key] = candidate
         seen.add(candidate)
 
 
@@ -314,7 +349,7 @@ def fit_message(
 
     if over(blocks):
         blocks = _page(blocks, over, more, narrow_hint)
-    _unique_block_ids(blocks)
+    _unique_ids(blocks, "block_id")
 
     text = str(document.get("text") or "").strip()
     if not text:
@@ -382,6 +417,7 @@ def _image_errors(image: Mapping[str, Any], pointer: str) -> list[str]:
     errors: list[str] = []
     if "image_url" not in image and "slack_file" not in image:
         errors.append(_error("missing required field: image_url", pointer))
+    errors += _string_errors(image.get("image_url"), f"{pointer}/image_url", IMAGE_URL_MAX)
     alt = image.get("alt_text")
     if not isinstance(alt, str) or not 0 < len(alt) <= IMAGE_ALT_TEXT_MAX:
         errors.append(
