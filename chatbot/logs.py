@@ -1,23 +1,21 @@
 """Structured logging: one JSON object per line, secrets scrubbed from every record.
 
-Scrubbing happens in a handler filter, so a token that slips into an exception message or a
-third-party library's log line is masked too, not only our own messages.
+Scrubbing happens in the handler, on the whole formatted line, so a token that slips into an
+exception message, an ``extra`` field (the audit's target previews) or a third-party library's
+log line is masked too, not only our own messages. The forms are :mod:`chatbot.redaction`'s,
+plus the bot's own configured secrets by value.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-# Slack tokens have a recognisable shape; mask them wherever they appear.
-_TOKEN = re.compile(r"\bx(?:ox[abpers]|app)-[A-Za-z0-9-]{4,}")
-# user:password@ in URLs (broker, state store).
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
+from chatbot.redaction import scrub as scrub_secret_forms
 
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -26,8 +24,7 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    text = _TOKEN.sub("xox*-***", text)
-    text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+    text = scrub_secret_forms(text)
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
@@ -67,7 +64,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = record.exc_text
         elif record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return scrub(json.dumps(entry, default=str, ensure_ascii=False))
 
 
 def setup_logging(

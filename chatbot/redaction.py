@@ -1,10 +1,26 @@
-"""Redaction and truncation of task payloads, applied once at ingest.
+"""Redaction and truncation of task payloads: applied at ingest, and again on the way out.
 
-Celery sends ``args`` and ``kwargs`` as reprs (strings cut at 1024 characters by the worker).
-A keyword argument whose name contains one of the redact keys has its value replaced before the
-record is stored, so a secret never even sits in memory. When a repr cannot be parsed (a custom
-object's repr, or a repr cut short by Celery) and a sensitive name appears in it, the whole value
-is withheld: showing a little less is the safe failure.
+Everything a task sends is a string the bot did not write: Celery's ``args``/``kwargs`` reprs
+(cut at 1024 characters by the worker), the result's repr, the exception text, the traceback.
+A secret can sit in any of them, in any of these forms:
+
+- a keyword argument or dictionary key that names a secret (``CHATOPS_REDACT_KEYS``):
+  ``password=hunter2``, ``password: hunter2``, ``{'password': 'hunter2'}``, ``"token": "..."``;
+- credentials in a URL: ``redis://user:hunter2@host``;
+- a header: ``Authorization: Bearer ...``, ``Authorization: Basic ...``, ``Bearer ...``;
+- a token with a well-known shape whatever it is called: Slack (``xoxb-``, ``xapp-``...), AWS
+  access key ids, GitHub tokens, JSON Web Tokens, PEM private-key blocks.
+
+:class:`Redactor` replaces the secret part and keeps the rest readable. It runs once at ingest
+(so a secret never even sits in memory or in the state store) and :func:`scrub` runs again
+on every task-derived string on its way out (Slack, the API, the audit log, the bot's logs),
+so a value that reached the store some other way (an older record, a bug) is still caught.
+
+The shapes follow what secret scanners look for (e.g. the plugins of detect-secrets: keyword
+assignments, URL basic auth, AWS, GitHub, Slack, JWT, private keys); the patterns are written
+here for reprs and log text, not source files. Every quantifier is bounded, so a hostile string
+cannot make a pattern backtrack for long, and a plain substring pre-check keeps the common case
+(no marker anywhere) to one ``lower()`` and a few ``in`` tests: this runs for every received task.
 """
 
 from __future__ import annotations
@@ -16,8 +32,63 @@ from dataclasses import dataclass
 from typing import Any
 
 REDACTED = "'[redacted]'"
+REDACTED_TEXT = "[redacted]"
 WITHHELD = "[withheld: mentions a redacted key and could not be parsed]"
 ELLIPSIS = "…"
+
+# The keys redacted when no configuration says otherwise (config.py's CHATOPS_REDACT_KEYS
+# default is the same list).
+DEFAULT_KEYS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "credentials",
+)
+
+# Lower-case substrings that must appear somewhere for a token pattern to match. The URL
+# pattern needs "://" and "@" both; see _mentions_token.
+_TOKEN_MARKERS = (
+    "xox",
+    "xapp-",
+    "akia",
+    "asia",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "eyj",
+    "private key",
+    "bearer",
+)
+
+# Well-known token shapes, replaced whole.
+_TOKENS = re.compile(
+    r"""
+      \bx(?:ox[abposre]|app)-[A-Za-z0-9-]{6,300}                 # Slack bot/user/app tokens
+    | \b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[0-9A-Z]{16}\b  # AWS access key ids
+    | \bgh[pousr]_[A-Za-z0-9_]{30,255}                         # GitHub tokens
+    | \bgithub_pat_[A-Za-z0-9_]{30,255}                        # GitHub fine-grained tokens
+    | \beyJ[A-Za-z0-9_-]{5,2000}\.eyJ[A-Za-z0-9_-]{2,8000}(?:\.[A-Za-z0-9_-]{0,2000})?  # JWT
+    | -----BEGIN[A-Z ]{0,40}PRIVATE\ KEY(?:\ BLOCK)?-----
+      (?:[\s\S]{0,20000}?-----END[A-Z ]{0,40}PRIVATE\ KEY(?:\ BLOCK)?-----|[\s\S]{0,20000})
+    """,
+    re.VERBOSE,
+)
+# ``Bearer abc``: the scheme stays, the credential goes. (``Basic`` and ``token`` are ordinary
+# words in prose; after ``Authorization:`` the keyword pattern takes them.) No ``\b``: a
+# pattern that must start at a word boundary is dodged by gluing a letter in front.
+_AUTH_SCHEME = re.compile(r"(?i)(bearer)(\s{1,10})(?!\[redacted\])[A-Za-z0-9._~+/=-]{4,4000}")
+# ``scheme://user:password@host``: the password goes, the user and host stay.
+_URL_CREDENTIALS = re.compile(
+    r"(?i)([a-z][a-z0-9+.-]{0,30}://[^\s:/?#@'\"]{0,256}):([^\s@/?#'\"]{1,1024})@"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,55 +103,88 @@ class FieldLimits:
 
 
 class Redactor:
-    """Replaces the values of sensitive keyword arguments in Celery's argument reprs."""
+    """Removes secrets from the strings a task sends (see the module notes for the forms)."""
 
-    def __init__(self, keys: Iterable[str]) -> None:
+    def __init__(self, keys: Iterable[str] = DEFAULT_KEYS) -> None:
         self.keys = tuple(sorted({k.strip().lower() for k in keys if k.strip()}))
         words = "|".join(re.escape(k) for k in self.keys)
         self._sensitive = re.compile(words, re.IGNORECASE) if self.keys else None
         # A quoted dictionary key that mentions a sensitive word: ``'db_password':``.
         self._quoted_key = (
-            re.compile(r"""['"][^'"]*(?:""" + words + r""")[^'"]*['"]\s*:""", re.IGNORECASE)
+            re.compile(r"""['"][^'"]{0,200}(?:""" + words + r""")[^'"]{0,200}['"]\s*:""", re.I)
+            if self.keys
+            else None
+        )
+        # ``key = value``, ``key: value``, ``'key': 'value'``, ``"key": "value"``, ``?key=v&``
+        # where the key mentions a sensitive word. The value is a quoted string (to its closing
+        # quote, or to the end when the repr was cut), or a bare run up to a delimiter. The key
+        # group keeps its own quote so the output stays a well-formed repr.
+        self._assignment = (
+            re.compile(
+                r"""(?P<key>[\w.-]{0,60}(?:""" + words + r""")[\w.-]{0,60}['"]?)"""
+                r"""(?P<sep>\s{0,5}(?:=|:)\s{0,5})"""
+                r"""(?P<value>\[redacted\]"""  # already done: stays as it is (idempotent)
+                r"""|'[^'\n]{0,4000}(?:'|$)|"[^"\n]{0,4000}(?:"|$)"""
+                r"""|(?:bearer|basic|token|digest)\s{1,10}(?:\[redacted\]|[^\s,;&)}\['"]{1,4000})"""
+                r"""|(?!\s)[^\s,;&)}\['"]{1,4000})""",
+                re.IGNORECASE,
+            )
             if self.keys
             else None
         )
 
-    def _mentions_key(self, text: str) -> bool:
+    def _mentions_key(self, lowered: str) -> bool:
         # A plain substring test first: it is several times faster than the case-insensitive
         # regex, and it runs on every received task's args and kwargs.
-        lowered = text.lower()
         return any(key in lowered for key in self.keys)
 
     def is_sensitive(self, key: str) -> bool:
         return self._sensitive is not None and self._sensitive.search(key) is not None
+
+    def text(self, value: Any) -> str | None:
+        """Any task-derived text (result, exception, traceback, a repr) with secrets replaced."""
+        if value is None:
+            return None
+        text = value if isinstance(value, str) else str(value)
+        lowered = text.lower()
+        # Token shapes first: ``token=xoxb-...`` then reads ``token=[redacted]``, which the
+        # keyword pattern leaves as it is.
+        if _mentions_token(lowered):
+            text = _scrub_tokens(text)
+        if self._mentions_key(lowered) and self._assignment is not None:
+            text = self._assignment.sub(_replace_value, text)
+        return text
 
     def kwargs(self, value: Any) -> str | None:
         """The kwargs repr with sensitive values replaced."""
         if value is None:
             return None
         if isinstance(value, dict):
-            return repr(self._redact_mapping(value))
+            return self.text(repr(self._redact_mapping(value)))
         text = value if isinstance(value, str) else repr(value)
-        if not self._mentions_key(text):
-            return text  # the common case: no sensitive name anywhere, no parsing needed
-        parsed = _literal(text)
-        if isinstance(parsed, dict):
-            return repr(self._redact_mapping(parsed))
-        return WITHHELD
+        if self._mentions_key(text.lower()):
+            parsed = _literal(text)
+            if isinstance(parsed, dict):
+                text = repr(self._redact_mapping(parsed))
+            elif parsed is _UNPARSEABLE and self._quoted_key_in(text):
+                return WITHHELD
+        return self.text(text)
 
     def args(self, value: Any) -> str | None:
-        """The args repr with sensitive values of any dictionary inside replaced."""
+        """The args repr with sensitive values of any dictionary inside replaced, and any
+        secret in a positional string (``'password=hunter2'``) removed."""
         if value is None:
             return None
         text = value if isinstance(value, str) else repr(value)
-        if not self._mentions_key(text) or self._quoted_key is None:
-            return text
-        if self._quoted_key.search(text) is None:
-            return text
-        parsed = _literal(text)
-        if parsed is _UNPARSEABLE:
-            return WITHHELD
-        return repr(self._redact_any(parsed))
+        if self._mentions_key(text.lower()) and self._quoted_key_in(text):
+            parsed = _literal(text)
+            if parsed is _UNPARSEABLE:
+                return WITHHELD
+            text = repr(self._redact_any(parsed))
+        return self.text(text)
+
+    def _quoted_key_in(self, text: str) -> bool:
+        return self._quoted_key is not None and self._quoted_key.search(text) is not None
 
     def _redact_mapping(self, mapping: dict[Any, Any]) -> dict[Any, Any]:
         clean: dict[Any, Any] = {}
@@ -99,6 +203,42 @@ class Redactor:
         if isinstance(value, tuple):
             return tuple(self._redact_any(v) for v in value)
         return value
+
+
+def _replace_value(match: re.Match[str]) -> str:
+    value = match.group("value")
+    if value[:1] in {"'", '"'}:
+        quote = value[0]
+        closed = len(value) > 1 and value.endswith(quote)
+        replacement = f"{quote}{REDACTED_TEXT}{quote if closed else ''}"
+    else:
+        replacement = REDACTED_TEXT
+    return f"{match.group('key')}{match.group('sep')}{replacement}"
+
+
+def _mentions_token(lowered: str) -> bool:
+    if "://" in lowered and "@" in lowered:
+        return True
+    return any(marker in lowered for marker in _TOKEN_MARKERS)
+
+
+def _scrub_tokens(text: str) -> str:
+    text = _TOKENS.sub(REDACTED_TEXT, text)
+    text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED_TEXT}", text)
+    return _URL_CREDENTIALS.sub(lambda m: f"{m.group(1)}:{REDACTED_TEXT}@", text)
+
+
+_DEFAULT = Redactor(DEFAULT_KEYS)
+
+
+def scrub(value: Any, redactor: Redactor | None = None) -> str:
+    """The second look on the way out: ``value`` as text with every secret form replaced.
+
+    Idempotent and cheap when nothing looks like a secret; ``redactor`` carries the configured
+    keys where the caller has them (the default keys otherwise).
+    """
+    text = value if isinstance(value, str) else str(value)
+    return (redactor or _DEFAULT).text(text) or ""
 
 
 class _Redacted:
