@@ -195,6 +195,26 @@ def test_hostile_task_detail_is_inert_and_fits(renderer: Renderer) -> None:
     assert "earlier lines cut" in traceback_text
 
 
+def test_a_secret_that_bypassed_ingest_is_caught_on_the_way_out(renderer: Renderer) -> None:
+    # A record written without the ingest redaction (an older store, a bug): the mrkdwn
+    # filter every task-derived string passes through removes the secret all the same.
+    task = Task(uuid="7d1c4a4e-0000-4000-8000-000000000001", name="billing.charge", state=FAILURE)
+    task.args = "('password=hunter2', 'redis://bob:s3cr3tpw@db:6379/0')"
+    task.kwargs = "{'api_key': 'AKIAIOSFODNN7EXAMPLE'}"
+    task.exception = "AuthError('token xoxb-1234567890-abcdefghij rejected')"
+    task.traceback = 'Traceback:\n  headers = "Authorization: Bearer abc.def"\n'
+    task.result = "{'secret': 'opensesame'}"
+    message = renderer.render(
+        "task.json.j2", task=task, timeline=[], runtime=None, finished=True, worker=None,
+        worker_online=None, stats=None, **stream(),
+    )  # fmt: skip
+    body = json.dumps(message.blocks)
+    for secret in ("hunter2", "s3cr3tpw", "AKIAIOSFODNN7EXAMPLE", "xoxb-1234567890", "abc.def",
+                   "opensesame"):  # fmt: skip
+        assert secret not in body, secret
+    assert "[redacted]" in body and "billing.charge" in body
+
+
 def test_escaped_text_survives_json_round_trip(renderer: Renderer) -> None:
     message = renderer.render(
         "error.json.j2", error=f'bad "quote" \\ {HOSTILE}', usage="/celery x", help_hint=""

@@ -1,6 +1,7 @@
 """Text filters for untrusted values: mrkdwn escaping, entity-safe truncation, durations, times.
 
-Everything that came from a task or a worker goes through :func:`mrkdwn` before Slack sees it;
+Everything that came from a task or a worker goes through :func:`mrkdwn` (escaping, and a last
+look for secrets) before Slack sees it;
 the cutting functions never split the ``&amp;``/``&lt;``/``&gt;`` entities that escaping made.
 Templates use these as Jinja filters (:mod:`chatbot.render.renderer`); the Block Kit limit
 enforcer (:mod:`chatbot.render.blockkit`) cuts with the same entity-safe helpers.
@@ -12,6 +13,8 @@ import datetime as dt
 import re
 from typing import Any
 
+from chatbot.redaction import scrub
+
 ELLIPSIS = "…"
 
 # Untrusted backticks would close our code spans; U+02CB looks the same and is inert.
@@ -21,10 +24,14 @@ _ENTITY_HEAD = re.compile(r"^[a-z]{0,3};")
 
 
 def mrkdwn(value: Any) -> str:
-    """Escape untrusted text for Slack mrkdwn: no mention, no link, no broken code span."""
+    """Escape untrusted text for Slack mrkdwn: no mention, no link, no broken code span.
+
+    It is also the second look for secrets (:func:`chatbot.redaction.scrub`): the store
+    redacts at ingest, and whatever reaches a message anyway is caught here.
+    """
     if value is None:
         return ""
-    text = value if isinstance(value, str) else str(value)
+    text = scrub(value)
     return (
         text.replace("&", "&amp;")
         .replace("<", "&lt;")
