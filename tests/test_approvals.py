@@ -26,7 +26,6 @@ from chatbot.approvals import (
     ControlAction,
     PermissionDenied,
     StateStoreUnavailable,
-    approval_id_of,
 )
 from chatbot.audit import AUDIT_LOGGER, AuditLog
 from chatbot.auth import Authorizer
@@ -42,6 +41,7 @@ from chatbot.store.redis import RedisRecordStore
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import HANG, make_app
 from tests.support import wait_until
+from tests.support.cards import approve_button_value
 
 ALICE = "UALICE01"  # operator
 BOB = "UBOB0001"  # operator and approver
@@ -116,6 +116,11 @@ class RecordingControl:
         self, queue: str, worker: str | None = None, expected: Sequence[str] = ()
     ) -> ControlResult:
         return self._answer("cancel_consumer", queue, worker)
+
+    def inspect(
+        self, method: str, worker: str | None = None, expected: Sequence[str] = (), **kw: Any
+    ) -> ControlResult:
+        return self._answer(method, worker, **kw)
 
     def commands(self) -> list[str]:
         with self.lock:
@@ -347,7 +352,7 @@ def test_deny_by_an_approver_and_cancel_by_the_requester(rig: Rig) -> None:
     denied = rig.service.submit(rig.revoke_action(), ALICE, "C0INCIDENT")
     outcome = rig.service.decide(denied.id, CAROL, approve=False)
     assert outcome.result == "denied" and outcome.notice.startswith("Denied")
-    assert outcome.card is not None and approval_id_of(outcome.card) is None  # no buttons
+    assert outcome.card is not None and approve_button_value(outcome.card) is None  # no buttons
     cancelled = rig.service.submit(rig.revoke_action(), ALICE, "C0INCIDENT")
     outcome = rig.service.decide(cancelled.id, ALICE, approve=False)
     assert outcome.result == "denied" and outcome.notice.startswith("Cancelled")
@@ -365,7 +370,7 @@ def test_expiry_with_an_injected_clock(rig: Rig, caplog: pytest.LogCaptureFixtur
     rig.clock.now += 1
     outcome = rig.service.decide(approval.id, BOB, approve=True)
     assert outcome.result == "expired" and "expired at" in outcome.notice
-    assert outcome.card is not None and approval_id_of(outcome.card) is None
+    assert outcome.card is not None and approve_button_value(outcome.card) is None
     assert rig.service.get(approval.id).status == "expired"  # type: ignore[union-attr]
     again = rig.service.decide(approval.id, CAROL, approve=True)
     assert again.result == "already_decided" and "expired at" in again.notice
@@ -445,7 +450,7 @@ def test_the_card_carries_only_the_id_and_escapes_task_data(rig: Rig) -> None:
     buttons = [e for b in card.blocks if b["type"] == "actions" for e in b["elements"]]
     assert [b["action_id"] for b in buttons] == [APPROVE_ACTION_ID, DENY_ACTION_ID]
     assert all(b["value"] == approval.id and len(b["value"]) <= BUTTON_VALUE_MAX for b in buttons)
-    assert approval_id_of(card) == approval.id
+    assert approve_button_value(card) == approval.id
     text = json.dumps(card.blocks)
     assert f"<@{ALICE}>" in text and "Expires" in text
     assert "<!channel>" not in text and "<https://evil" not in text

@@ -22,7 +22,6 @@ from chatbot.config import Settings
 from chatbot.slack.app import (
     ActionClick,
     ActionHandler,
-    ActionRegistry,
     ActionReply,
     build_app,
     make_executor,
@@ -75,7 +74,6 @@ def make_server(
 __all__ = [
     "ActionClick",
     "ActionHandler",
-    "ActionRegistry",
     "ActionReply",
     "CommandRunner",
     "HttpServer",
