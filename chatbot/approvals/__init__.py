@@ -5,6 +5,7 @@
 - :mod:`~chatbot.approvals.records`: the stored :class:`Approval` and what became of it;
 - :mod:`~chatbot.approvals.persistence`: approval records in the RecordStore;
 - :mod:`~chatbot.approvals.card`: the Block Kit card and its button ids;
+- :mod:`~chatbot.approvals.trail`: one audit line per step;
 - :mod:`~chatbot.approvals.service`: :class:`ApprovalService`, the state machine.
 """
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from chatbot.approvals.action import ControlAction, TaskPreview
+from chatbot.approvals.action import ControlAction
 from chatbot.approvals.card import decided_phrase, render_card, render_refused
 from chatbot.approvals.persistence import ApprovalRecords, StateStoreUnavailable
 from chatbot.approvals.records import (
@@ -44,7 +44,8 @@ from chatbot.approvals.records import (
     DecisionOutcome,
     RevokeConfirmation,
 )
-from chatbot.audit import AuditEntry, AuditLog
+from chatbot.approvals.trail import AuditTrail
+from chatbot.audit import AuditLog
 from chatbot.auth import Authorizer, Decision, is_user_id
 from chatbot.config import Settings
 from chatbot.control_port import ControlPort
@@ -97,6 +98,7 @@ class ApprovalService:
     ) -> None:
         self.records = records
         self._approvals = ApprovalRecords(records)
+        self._trail = AuditTrail(audit, clock)
         self.control = control
         self.store = store
         self.authorizer = authorizer
@@ -125,7 +127,7 @@ class ApprovalService:
         """May ``user_id`` ask for control actions? A refusal is audited here."""
         decision = self.authorizer.can_request(user_id)
         if not decision.allowed:
-            self._audit(
+            self._trail.record(
                 "request",
                 user_id,
                 command,
@@ -163,7 +165,7 @@ class ApprovalService:
         ttl = self.settings.approval_ttl + self.retention
         if not self._approvals.create(approval.id, approval.as_record(), ttl):
             raise RuntimeError("approval id collision")  # 128 random bits: never in practice
-        self._audit("request", requester, action.kind, "pending", approval)
+        self._trail.record("request", requester, action.kind, "pending", approval)
         return approval
 
     def run_now(self, action: ControlAction, requester: str, channel: str) -> Approval:
@@ -182,7 +184,7 @@ class ApprovalService:
             decided_at=now,
         )
         self._approvals.create(approval.id, approval.as_record(), self.retention)
-        self._audit(
+        self._trail.record(
             "request",
             requester,
             action.kind,
@@ -200,7 +202,7 @@ class ApprovalService:
         except StateStoreUnavailable as exc:
             # Raised only before the gate was passed (the execution path stores its outcome
             # defensively), so nothing ran: safe to say so and let the person click again.
-            self._audit(
+            self._trail.record(
                 "decision",
                 user_id,
                 "",
@@ -215,7 +217,7 @@ class ApprovalService:
         verb = "approve" if approve else "deny"
         approval = self.get(approval_id)
         if approval is None:
-            self._audit(
+            self._trail.record(
                 "decision",
                 user_id,
                 "",
@@ -234,7 +236,7 @@ class ApprovalService:
 
         refusal = self._refusal(approval, user_id, approve)
         if refusal is not None:
-            self._audit(
+            self._trail.record(
                 "decision",
                 user_id,
                 approval.action.kind,
@@ -258,7 +260,7 @@ class ApprovalService:
                 return DecisionOutcome("unknown", UNKNOWN_REQUEST)
             return self._already_decided(latest, user_id, verb)
         decided = Approval.from_record(won)
-        self._audit(
+        self._trail.record(
             "decision", user_id, approval.action.kind, "approved" if approve else "denied", decided
         )
         if not approve:
@@ -287,7 +289,7 @@ class ApprovalService:
 
     def _already_decided(self, approval: Approval, user_id: str, verb: str) -> DecisionOutcome:
         what = decided_phrase(approval)
-        self._audit(
+        self._trail.record(
             "decision",
             user_id,
             approval.action.kind,
@@ -319,7 +321,7 @@ class ApprovalService:
         if won is None:
             return None
         expired = Approval.from_record(won)
-        self._audit(
+        self._trail.record(
             "decision",
             who,
             approval.action.kind,
@@ -378,7 +380,7 @@ class ApprovalService:
                 confirmation=RevokeConfirmation("checking") if "confirmation" in updates else None,
             )
         )
-        self._audit(
+        self._trail.record(
             "outcome",
             approval.decided_by or approval.requester,
             action.kind,
@@ -431,7 +433,7 @@ class ApprovalService:
         done = (
             Approval.from_record(stored) if stored else replace(approval, confirmation=confirmation)
         )
-        self._audit(
+        self._trail.record(
             "confirmation",
             "",
             approval.action.kind,
@@ -528,61 +530,6 @@ class ApprovalService:
         )
         if not decision.allowed:
             raise PermissionDenied(decision.reason)
-
-    def _audit(
-        self,
-        step: str,
-        who: str,
-        action: str,
-        result: str,
-        approval: Approval | None,
-        *,
-        approval_id: str | None = None,
-        targets: Sequence[str] = (),
-        channel: str = "",
-        reason: str = "",
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        parameters: Mapping[str, Any] = {}
-        if approval is not None:
-            act = approval.action
-            targets = act.targets
-            parameters = {**act.parameters, **({"worker": act.worker} if act.worker else {})}
-            if act.selector:
-                parameters = {**parameters, "selector": act.selector}
-            channel = channel or approval.channel
-            approval_id = approval.id
-            if step == "request" and act.preview:
-                # What the requester saw: the store's redacted args, never the raw ones.
-                details = {**(details or {}), "preview": [_audit_preview(p) for p in act.preview]}
-        entry = AuditEntry(
-            step=step,
-            who=who,
-            action=action,
-            result=result,
-            time=self.clock(),
-            approval_id=approval_id,
-            targets=tuple(targets),
-            parameters=parameters,
-            channel=channel,
-            reason=reason,
-            details=details or {},
-        )
-        try:
-            self.audit.record(entry)
-        except Exception:  # the audit must not undo or block what it records
-            logger.exception("audit record failed for %s %s", step, approval_id)
-
-
-def _audit_preview(task: TaskPreview) -> dict[str, Any]:
-    return {
-        "uuid": task.uuid,
-        "name": task.name,
-        "state": task.state,
-        "worker": task.worker,
-        "args": task.args,
-        "kwargs": task.kwargs,
-    }
 
 
 def _policy_word(word: str) -> str:

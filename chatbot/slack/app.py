@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
@@ -65,11 +65,7 @@ class ActionClick:
     user_id: str  # who clicked: ``user.id`` of the signed payload, the only identity to trust
     channel_id: str
     message_ts: str
-    block_id: str = ""
-    team_id: str = ""
     response_url: str | None = None
-    trigger_id: str = ""
-    payload: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -510,16 +506,11 @@ def _click(body: Mapping[str, Any], action: Mapping[str, Any]) -> ActionClick:
     container = body.get("container") or {}
     channel = body.get("channel") or {}
     message = body.get("message") or {}
-    team = body.get("team") or {}
     return ActionClick(
         action_id=str(action.get("action_id") or ""),
         value=str(action.get("value") or ""),
         user_id=str(user.get("id") or ""),
         channel_id=str(channel.get("id") or container.get("channel_id") or ""),
         message_ts=str(container.get("message_ts") or message.get("ts") or ""),
-        block_id=str(action.get("block_id") or ""),
-        team_id=str(team.get("id") or user.get("team_id") or ""),
         response_url=body.get("response_url") or None,
-        trigger_id=str(body.get("trigger_id") or ""),
-        payload=body,
     )
