@@ -20,6 +20,7 @@ from celery import Celery
 from chatbot.approvals import (
     APPROVE_ACTION_ID,
     DENY_ACTION_ID,
+    KINDS,
     UNKNOWN_REQUEST,
     Approval,
     ApprovalService,
@@ -276,6 +277,64 @@ def test_an_action_without_approval_runs_at_once_and_is_audited(
         ("request", "run"),
         ("outcome", "ok"),
     ]
+
+
+EVERY_KIND_BUT_REVOKE = [
+    (ControlAction.pool(WORKER, grow=True, n=2), (WORKER, 2), f"pool grow {WORKER} by 2"),
+    (ControlAction.pool(WORKER, grow=False), (WORKER, 1), f"pool shrink {WORKER} by 1"),
+    (
+        ControlAction.autoscale(WORKER, max=4, min=1),
+        (WORKER, 4, 1),
+        f"autoscale {WORKER} to max 4 min 1",
+    ),
+    (
+        ControlAction.rate_limit(HANG, "10/m", WORKER),
+        (HANG, "10/m", WORKER),
+        f"rate limit {HANG} to 10/m on {WORKER}",
+    ),
+    (
+        ControlAction.time_limit(HANG, 5, 10),
+        (HANG, 5.0, 10.0, None),
+        f"time limits of {HANG}: soft 5s, hard 10s on every worker",
+    ),
+    (
+        ControlAction.consumer("q1", add=True),
+        ("q1", None),
+        "start consuming queue q1 on every worker",
+    ),
+    (
+        ControlAction.consumer("q1", add=False, worker=WORKER),
+        ("q1", WORKER),
+        f"stop consuming queue q1 on {WORKER}",
+    ),
+    (ControlAction.shutdown(WORKER), (WORKER,), f"warm shutdown of {WORKER}"),
+]
+
+
+def test_the_kinds_table_covers_every_builder() -> None:
+    built = {action.kind for action, _, _ in EVERY_KIND_BUT_REVOKE} | {"revoke"}
+    assert built == set(KINDS)
+
+
+@pytest.mark.parametrize(
+    ("action", "arguments", "summary"),
+    EVERY_KIND_BUT_REVOKE,
+    ids=[action.kind for action, _, _ in EVERY_KIND_BUT_REVOKE],
+)
+def test_each_kind_is_sent_as_itself_with_its_own_summary(
+    action: ControlAction, arguments: tuple[Any, ...], summary: str
+) -> None:
+    # One table entry per kind: none may fall through to another kind's call (a shutdown).
+    rig = make_rig(approval_required=())
+    done = rig.service.submit(action, ALICE, "C0INCIDENT")
+    assert done.status == "direct" and done.outcome is not None
+    assert rig.control.calls == [(action.kind, arguments, {})]
+    assert action.summary() == summary
+
+
+def test_an_unknown_kind_is_refused_when_built() -> None:
+    with pytest.raises(ValueError, match="unknown control action"):
+        ControlAction(kind="reboot", targets=(WORKER,))
 
 
 # -- deciding --------------------------------------------------------------------------------
