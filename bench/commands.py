@@ -325,7 +325,6 @@ class Bot:
     def __init__(self, settings: Any) -> None:
         from chatbot.service import Service
         from chatbot.slack import (
-            ActionRegistry,
             HttpServer,
             SlackMetrics,
             build_app,
@@ -338,18 +337,15 @@ class Bot:
         client = web_client_from_settings(settings)
         self.service = Service(settings, web_client=client)
         self.executor = make_executor()
-        actions = ActionRegistry()
         approval_actions = ApprovalActions(self.service.approvals, client)
-        approval_actions.register(actions)
-        self.service.on_channel_post.append(approval_actions.channel_posted)
-        AlertButtons(approval_actions, self.service.run_as).register(actions)
+        alert_buttons = AlertButtons(approval_actions, self.service.run_as)
         self.metrics = SlackMetrics()
         app = build_app(
             self.service,
             client=client,
             signing_secret=settings.slack_signing_secret,
             executor=self.executor,
-            actions=actions,
+            actions=[*approval_actions.actions(), *alert_buttons.actions()],
             metrics=self.metrics,
         )
         self.server = HttpServer(

@@ -4,8 +4,9 @@ Identity is the Slack user ID from the signed payload (``U...`` or ``W...``), ne
 name: names can be changed by their owner, IDs cannot (Errbot's ACL bugs all came from
 matching names). ``CHATOPS_OPERATORS`` and ``CHATOPS_APPROVERS`` hold user IDs and user-group
 IDs (``S...``); a group's members are looked up through a :class:`GroupResolver` and cached
-for ``cache_ttl`` seconds. A lookup that fails never grants anything: the user is refused with
-the reason, and the failure is not cached, so the next click tries again.
+for ``cache_ttl`` seconds, or until Slack reports a group change (:meth:`forget_groups`). A
+lookup that fails never grants anything: the user is refused with the reason, and the failure
+is not cached, so the next click tries again.
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ class Authorizer:
         return members
 
     def forget_groups(self) -> None:
-        """Drop cached memberships (e.g. on a ``subteam_members_changed`` event)."""
+        """Drop cached memberships: the Slack face calls it on ``subteam_members_changed`` and
+        ``subteam_updated``, so a membership change counts at once, not after ``cache_ttl``."""
         with self._lock:
             self._groups.clear()

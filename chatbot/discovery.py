@@ -12,9 +12,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
 
-from chatbot.control import ControlResult, consumed_queues, pool_facts
+from chatbot.control import consumed_queues, pool_facts
+from chatbot.control_port import ControlPort
 from chatbot.store import FleetStore
 
 logger = logging.getLogger(__name__)
@@ -22,16 +22,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_INTERVAL = 60.0
 
 
-class Inspector(Protocol):
-    def inspect(
-        self, method: str, worker: str | None = None, expected: list[str] | tuple[str, ...] = ()
-    ) -> ControlResult: ...
-
-
 class WorkerDiscovery:
     def __init__(
         self,
-        control: Inspector,
+        control: ControlPort,
         store: FleetStore,
         *,
         interval: float = DEFAULT_INTERVAL,

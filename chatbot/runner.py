@@ -15,7 +15,7 @@ from chatbot.config import Settings, redact_url
 from chatbot.console import BANNER, Console
 from chatbot.render import Message
 from chatbot.service import Service
-from chatbot.slack import ActionRegistry, SlackMetrics, build_app, make_executor, make_server
+from chatbot.slack import SlackMetrics, build_app, make_executor, make_server
 from chatbot.slack.approval_actions import AlertButtons, ApprovalActions, ExpirySweeper
 from chatbot.slack.client import web_client_from_settings
 
@@ -94,11 +94,8 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     client = web_client_from_settings(settings)
     service = Service(settings, web_client=client)
     executor = make_executor()
-    actions = ActionRegistry()
     approval_actions = ApprovalActions(service.approvals, client)
-    approval_actions.register(actions)
-    service.on_channel_post.append(approval_actions.channel_posted)
-    AlertButtons(approval_actions, service.run_as).register(actions)
+    alert_buttons = AlertButtons(approval_actions, service.run_as)
     metrics = SlackMetrics()
     try:
         app = build_app(
@@ -106,7 +103,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
             client=client,
             signing_secret=None if settings.socket_mode else settings.slack_signing_secret,
             executor=executor,
-            actions=actions,
+            actions=[*approval_actions.actions(), *alert_buttons.actions()],
             metrics=metrics,
         )
     except (SlackApiError, BoltError) as exc:

@@ -134,8 +134,6 @@ class Service:
         # Leader-only: learn the queues workers consume, for backlog alerts and status.
         self.discovery = WorkerDiscovery(self.control, self.store, clock=clock)
         self.leader_parts.append((self.discovery.start, self.discovery.stop))
-        # Called when a face posted a channel_post message (an approval card) as the app.
-        self.on_channel_post: list[Callable[[Message, str, str], None]] = []
         self.started_at: float | None = None
         if web_client is not None and settings.alert_channel:
             self._wire_alerts()
@@ -231,10 +229,6 @@ class Service:
             self.web_client.chat_postMessage(
                 channel=self.settings.audit_channel, text=message.text, blocks=message.blocks
             )
-
-    def channel_posted(self, message: Message, channel_id: str, ts: str) -> None:
-        for hook in self.on_channel_post:
-            hook(message, channel_id, ts)
 
     # -- what the faces use ------------------------------------------------------------
     def context(

@@ -29,7 +29,7 @@ from chatbot.alerts.manager import (
 )
 from chatbot.alerts.scheduler import AlertScheduler, CheckResult
 from chatbot.alerts.sender import SlackSender
-from chatbot.approvals import ApprovalService, approval_id_of
+from chatbot.approvals import ApprovalService
 from chatbot.audit import AuditLog
 from chatbot.auth import Authorizer
 from chatbot.broker import BrokerReader
@@ -48,6 +48,7 @@ from chatbot.store.redis import RedisRecordStore
 from tests.conftest import unique_hostname
 from tests.fleet_app import ADD, FAIL, HANG, make_app
 from tests.support import wait_until
+from tests.support.cards import approve_button_value
 from tests.support.slack_api import Call, MockSlackAPI
 
 CHANNEL = "C0ALERTS"
@@ -315,7 +316,7 @@ def test_a_hanging_task_raises_a_stuck_alert_whose_button_revokes_it(
     ctx = CommandContext(store=rig.store, settings=settings, renderer=renderer,
                          user_id=OPERATOR, channel_id=CHANNEL)  # fmt: skip
     card = dispatcher.run(line, ctx)
-    approval_id = approval_id_of(card)
+    approval_id = approve_button_value(card)
     assert approval_id is not None, card
     outcome = approvals.decide(approval_id, APPROVER, approve=True)
     assert outcome.result == "approved"

@@ -20,13 +20,13 @@ from celery import Celery
 from chatbot.approvals import (
     APPROVE_ACTION_ID,
     DENY_ACTION_ID,
+    KINDS,
     UNKNOWN_REQUEST,
     Approval,
     ApprovalService,
     ControlAction,
     PermissionDenied,
     StateStoreUnavailable,
-    approval_id_of,
 )
 from chatbot.audit import AUDIT_LOGGER, AuditLog
 from chatbot.auth import Authorizer
@@ -42,6 +42,7 @@ from chatbot.store.redis import RedisRecordStore
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import HANG, make_app
 from tests.support import wait_until
+from tests.support.cards import approve_button_value
 
 ALICE = "UALICE01"  # operator
 BOB = "UBOB0001"  # operator and approver
@@ -116,6 +117,11 @@ class RecordingControl:
         self, queue: str, worker: str | None = None, expected: Sequence[str] = ()
     ) -> ControlResult:
         return self._answer("cancel_consumer", queue, worker)
+
+    def inspect(
+        self, method: str, worker: str | None = None, expected: Sequence[str] = (), **kw: Any
+    ) -> ControlResult:
+        return self._answer(method, worker, **kw)
 
     def commands(self) -> list[str]:
         with self.lock:
@@ -273,6 +279,64 @@ def test_an_action_without_approval_runs_at_once_and_is_audited(
     ]
 
 
+EVERY_KIND_BUT_REVOKE = [
+    (ControlAction.pool(WORKER, grow=True, n=2), (WORKER, 2), f"pool grow {WORKER} by 2"),
+    (ControlAction.pool(WORKER, grow=False), (WORKER, 1), f"pool shrink {WORKER} by 1"),
+    (
+        ControlAction.autoscale(WORKER, max=4, min=1),
+        (WORKER, 4, 1),
+        f"autoscale {WORKER} to max 4 min 1",
+    ),
+    (
+        ControlAction.rate_limit(HANG, "10/m", WORKER),
+        (HANG, "10/m", WORKER),
+        f"rate limit {HANG} to 10/m on {WORKER}",
+    ),
+    (
+        ControlAction.time_limit(HANG, 5, 10),
+        (HANG, 5.0, 10.0, None),
+        f"time limits of {HANG}: soft 5s, hard 10s on every worker",
+    ),
+    (
+        ControlAction.consumer("q1", add=True),
+        ("q1", None),
+        "start consuming queue q1 on every worker",
+    ),
+    (
+        ControlAction.consumer("q1", add=False, worker=WORKER),
+        ("q1", WORKER),
+        f"stop consuming queue q1 on {WORKER}",
+    ),
+    (ControlAction.shutdown(WORKER), (WORKER,), f"warm shutdown of {WORKER}"),
+]
+
+
+def test_the_kinds_table_covers_every_builder() -> None:
+    built = {action.kind for action, _, _ in EVERY_KIND_BUT_REVOKE} | {"revoke"}
+    assert built == set(KINDS)
+
+
+@pytest.mark.parametrize(
+    ("action", "arguments", "summary"),
+    EVERY_KIND_BUT_REVOKE,
+    ids=[action.kind for action, _, _ in EVERY_KIND_BUT_REVOKE],
+)
+def test_each_kind_is_sent_as_itself_with_its_own_summary(
+    action: ControlAction, arguments: tuple[Any, ...], summary: str
+) -> None:
+    # One table entry per kind: none may fall through to another kind's call (a shutdown).
+    rig = make_rig(approval_required=())
+    done = rig.service.submit(action, ALICE, "C0INCIDENT")
+    assert done.status == "direct" and done.outcome is not None
+    assert rig.control.calls == [(action.kind, arguments, {})]
+    assert action.summary() == summary
+
+
+def test_an_unknown_kind_is_refused_when_built() -> None:
+    with pytest.raises(ValueError, match="unknown control action"):
+        ControlAction(kind="reboot", targets=(WORKER,))
+
+
 # -- deciding --------------------------------------------------------------------------------
 
 
@@ -347,7 +411,7 @@ def test_deny_by_an_approver_and_cancel_by_the_requester(rig: Rig) -> None:
     denied = rig.service.submit(rig.revoke_action(), ALICE, "C0INCIDENT")
     outcome = rig.service.decide(denied.id, CAROL, approve=False)
     assert outcome.result == "denied" and outcome.notice.startswith("Denied")
-    assert outcome.card is not None and approval_id_of(outcome.card) is None  # no buttons
+    assert outcome.card is not None and approve_button_value(outcome.card) is None  # no buttons
     cancelled = rig.service.submit(rig.revoke_action(), ALICE, "C0INCIDENT")
     outcome = rig.service.decide(cancelled.id, ALICE, approve=False)
     assert outcome.result == "denied" and outcome.notice.startswith("Cancelled")
@@ -365,7 +429,7 @@ def test_expiry_with_an_injected_clock(rig: Rig, caplog: pytest.LogCaptureFixtur
     rig.clock.now += 1
     outcome = rig.service.decide(approval.id, BOB, approve=True)
     assert outcome.result == "expired" and "expired at" in outcome.notice
-    assert outcome.card is not None and approval_id_of(outcome.card) is None
+    assert outcome.card is not None and approve_button_value(outcome.card) is None
     assert rig.service.get(approval.id).status == "expired"  # type: ignore[union-attr]
     again = rig.service.decide(approval.id, CAROL, approve=True)
     assert again.result == "already_decided" and "expired at" in again.notice
@@ -445,7 +509,7 @@ def test_the_card_carries_only_the_id_and_escapes_task_data(rig: Rig) -> None:
     buttons = [e for b in card.blocks if b["type"] == "actions" for e in b["elements"]]
     assert [b["action_id"] for b in buttons] == [APPROVE_ACTION_ID, DENY_ACTION_ID]
     assert all(b["value"] == approval.id and len(b["value"]) <= BUTTON_VALUE_MAX for b in buttons)
-    assert approval_id_of(card) == approval.id
+    assert approve_button_value(card) == approval.id
     text = json.dumps(card.blocks)
     assert f"<@{ALICE}>" in text and "Expires" in text
     assert "<!channel>" not in text and "<https://evil" not in text

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from slack_sdk import WebClient
 
 from chatbot.auth import Authorizer, GroupLookupError, SlackGroupResolver
-from chatbot.config import load_settings
+from chatbot.config import Settings, load_settings
+from chatbot.service import Service
+from chatbot.slack import HttpServer, build_app, make_executor, make_web_client
 from tests.support.slack_api import MockSlackAPI
+from tests.support.slack_payloads import JSON, event_callback, post_signed
 
 ALICE = "UALICE01"
 BOB = "UBOB0001"
 CAROL = "UCAROL01"
 ONCALL = "SONCALL1"
+SECRET = "auth-test-signing-secret"
 
 
 class FakeClock:
@@ -149,3 +154,52 @@ def test_any_resolver_exception_denies_and_is_retried() -> None:
     assert auth.can_request(BOB).allowed
     assert auth.can_approve(BOB).allowed
     assert resolver.calls == [ONCALL, ONCALL]  # the success is cached, the failure was not
+
+
+# -- group changes reach the cache through Slack's events ----------------------------------
+@pytest.mark.parametrize("event_type", ["subteam_members_changed", "subteam_updated"])
+def test_a_signed_group_event_drops_cached_memberships(
+    slack: MockSlackAPI, redis_url: str, event_type: str
+) -> None:
+    # Members are cached for 5 minutes: only the event makes BOB's removal count before then.
+    settings = Settings(broker_url=redis_url, operators=(ONCALL,), slack_signing_secret=SECRET)
+    client = make_web_client("xoxb-test", slack.url)
+    service = Service(settings, web_client=client, consume_events=False)
+    slack.set_usergroup(ONCALL, [BOB, CAROL])
+    with make_executor(2) as executor:
+        app = build_app(service, client=client, signing_secret=SECRET, executor=executor)
+        with HttpServer(app, service, "127.0.0.1", 0) as server:
+            assert service.authorizer.can_request(BOB).allowed
+            slack.set_usergroup(ONCALL, [CAROL])
+            assert service.authorizer.can_request(BOB).allowed  # still the cached list
+
+            if event_type == "subteam_members_changed":
+                event: dict[str, Any] = {
+                    "type": event_type,
+                    "subteam_id": ONCALL,
+                    "team_id": "T0TEAM0001",
+                    "added_users": [],
+                    "added_users_count": 0,
+                    "removed_users": [BOB],
+                    "removed_users_count": 1,
+                    "event_ts": "1700000000.000200",
+                }
+            else:
+                event = {
+                    "type": event_type,
+                    "subteam": {"id": ONCALL, "users": [CAROL], "user_count": 1},
+                    "event_ts": "1700000000.000200",
+                }
+            response = post_signed(
+                server.url + "/slack/events",
+                event_callback(event),
+                signing_secret=SECRET,
+                content_type=JSON,
+            )
+            assert response.status == 200, response.text
+
+            refused = service.authorizer.can_request(BOB)
+            assert not refused.allowed and "not an operator" in refused.reason
+            assert service.authorizer.can_request(CAROL).allowed
+            assert len(slack.calls("usergroups.users.list")) == 2  # asked again after the event
+    service.stop()

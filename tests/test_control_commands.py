@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from chatbot.approvals import ApprovalService, approval_id_of
+from chatbot.approvals import ApprovalService
 from chatbot.audit import AuditLog
 from chatbot.auth import Authorizer
 from chatbot.commands import CommandContext, Dispatcher, build_registry
@@ -32,6 +32,7 @@ from chatbot.store.records import MemoryRecordStore
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import ADD, HANG, make_app
 from tests.support import wait_until
+from tests.support.cards import approve_button_value
 
 ALICE = "UALICE01"  # operator
 BOB = "UBOB0001"  # operator and approver
@@ -272,7 +273,7 @@ def test_revoke_by_prefix_posts_an_approval_card_and_the_click_terminates(
     wait_running(fleet.store, task_id)
     card = bot.handler_reply(f"revoke {task_id[:10]} --terminate --signal KILL")
     assert not card.ephemeral  # posted in the channel
-    approval_id = approval_id_of(card)
+    approval_id = approve_button_value(card)
     assert approval_id is not None
     text = text_of(card)
     assert HANG in text and task_id in text and fleet.worker.hostname in text
@@ -282,7 +283,7 @@ def test_revoke_by_prefix_posts_an_approval_card_and_the_click_terminates(
 
     outcome = bot.approvals.decide(approval_id, BOB, approve=True)
     assert outcome.result == "approved" and outcome.card is not None
-    assert approval_id_of(outcome.card) is None  # the buttons are gone
+    assert approve_button_value(outcome.card) is None  # the buttons are gone
     assert bot.commands_sent() == ["revoke"]
     assert f"terminate: {task_id}" in text_of(outcome.card)  # the worker's own answer
     assert outcome.needs_confirmation
@@ -312,7 +313,7 @@ def test_bulk_revoke_by_name_revokes_exactly_the_retained_matching_tasks(
         text = text_of(card)
         assert all(task_id in text for task_id in hangs)
         assert not any(task_id in text for task_id in adds)
-        approval_id = approval_id_of(card)
+        approval_id = approve_button_value(card)
         assert approval_id is not None and bot.sent == []
 
         outcome = bot.approvals.decide(approval_id, BOB, approve=True)
@@ -354,7 +355,7 @@ def test_a_bulk_preview_is_capped_and_says_how_many_more(fleet: Fleet) -> None:
     items = [b for b in card.blocks if str(b.get("block_id", "")).startswith("item-")]
     assert len(items) == 10
     assert "30 more not shown" in text_of(card)
-    approval_id = approval_id_of(card)
+    approval_id = approve_button_value(card)
     assert approval_id is not None
     approval = bot.approvals.get(approval_id)
     assert approval is not None and len(approval.action.targets) == 40
@@ -406,8 +407,8 @@ def test_time_limit_and_consumer_run_and_show_each_worker(bot: Bot, fleet: Fleet
 def test_approval_required_can_cover_any_action(fleet: Fleet) -> None:
     bot = make_bot(fleet.app, fleet.store, approval_required=("pool",))
     card = bot.handler_reply(f"pool grow {fleet.worker.hostname}")
-    assert approval_id_of(card) is not None and bot.sent == []
-    approval_id = approval_id_of(card)
+    assert approve_button_value(card) is not None and bot.sent == []
+    approval_id = approve_button_value(card)
     assert approval_id is not None
     assert bot.approvals.decide(approval_id, BOB, approve=False).result == "denied"
     assert bot.sent == []
@@ -424,7 +425,7 @@ def test_shutdown_is_approved_then_the_worker_exits(
     try:
         bot = make_bot(app, store)
         card = bot.handler_reply(f"shutdown {worker.hostname}")
-        approval_id = approval_id_of(card)
+        approval_id = approve_button_value(card)
         assert approval_id is not None and worker.running and bot.sent == []
         outcome = bot.approvals.decide(approval_id, BOB, approve=True)
         assert outcome.result == "approved" and outcome.card is not None

@@ -20,6 +20,7 @@ import pytest
 import yaml  # PyYAML: in the `test` extra; a manifest that cannot be read is not "passing"
 
 from chatbot.check import ESSENTIAL_SCOPES, REQUIRED_BOT_SCOPES
+from chatbot.slack.app import GROUP_EVENTS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HTTP_MANIFEST = REPO_ROOT / "manifest.yml"
@@ -306,6 +307,14 @@ def test_manifest_declares_the_celery_command_with_a_usage_hint(path: Path) -> N
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
     assert manifest["features"]["app_home"]["home_tab_enabled"] is True
     assert "app_home_opened" in manifest["settings"]["event_subscriptions"]["bot_events"]
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_subscribes_to_the_group_events_the_app_listens_to(path: Path) -> None:
+    # Without them a removed operator keeps their rights until the group cache expires.
+    bot_events = load(path)["settings"]["event_subscriptions"]["bot_events"]
+    assert set(GROUP_EVENTS) == {"subteam_members_changed", "subteam_updated"}
+    assert set(GROUP_EVENTS) <= set(bot_events)
 
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)

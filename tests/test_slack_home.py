@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from chatbot.approvals import ApprovalService
+from chatbot.auth import Authorizer
 from chatbot.commands import CommandContext
 from chatbot.config import Settings
-from chatbot.render import Message, Renderer
+from chatbot.render import Renderer
 from chatbot.service import Service
 from chatbot.slack import (
     HttpServer,
@@ -229,8 +231,13 @@ class _BrokenHome:
     def metrics_text(self) -> str:
         return ""
 
-    def channel_posted(self, message: Message, channel_id: str, ts: str) -> None:
-        raise AssertionError("the Home tab posts nothing in channels")
+    @property
+    def approvals(self) -> ApprovalService:
+        return self.service.approvals
+
+    @property
+    def authorizer(self) -> Authorizer:
+        return self.service.authorizer
 
 
 def test_a_failing_home_template_publishes_an_error_not_a_traceback(redis_url: str) -> None:

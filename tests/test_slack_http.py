@@ -29,7 +29,7 @@ from chatbot.render import Message
 from chatbot.service import Service
 from chatbot.slack import (
     ActionClick,
-    ActionRegistry,
+    ActionHandler,
     ActionReply,
     HttpServer,
     SlackMetrics,
@@ -65,7 +65,7 @@ class Stack:
     fleet: Fleet
     api: MockSlackAPI
     server: HttpServer
-    actions: ActionRegistry
+    clicks: list[ActionClick]
     metrics: SlackMetrics
     app: App
 
@@ -96,6 +96,25 @@ class Stack:
         return post
 
 
+def button_handlers(fleet: Fleet, clicks: list[ActionClick]) -> list[tuple[str, ActionHandler]]:
+    """The test buttons: approve (replaces the card), refuse (a note), broken (raises)."""
+
+    def approve(click: ActionClick) -> ActionReply:
+        clicks.append(click)
+        done = fleet.service.renderer.render(
+            "error.json.j2", error=f"approved {click.value}", usage="", help_hint=""
+        )
+        return ActionReply(Message(done.text, done.blocks, ephemeral=False), replace_original=True)
+
+    def refuse(click: ActionClick) -> ActionReply:
+        return ActionReply(Message(text="Only approvers may approve.", ephemeral=True))
+
+    def broken(click: ActionClick) -> ActionReply:
+        raise RuntimeError("secret internals")
+
+    return [("test.approve", approve), ("test.refuse", refuse), ("test.broken", broken)]
+
+
 @pytest.fixture(scope="module")
 def stack(
     redis_url_factory: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
@@ -105,20 +124,20 @@ def stack(
         MockSlackAPI() as api,
     ):
         executor = make_executor(8)
-        actions = ActionRegistry()
+        clicks: list[ActionClick] = []
         metrics = SlackMetrics()
         app = build_app(
             fleet.service,
             client=make_web_client(BOT_TOKEN, api.url),
             signing_secret=SECRET,
             executor=executor,
-            actions=actions,
+            actions=button_handlers(fleet, clicks),
             metrics=metrics,
         )
         server = HttpServer(app, fleet.service, "127.0.0.1", 0, metrics=metrics).start()
         try:
             wait_running_for(fleet, 1.5)
-            yield Stack(fleet, api, server, actions, metrics, app)
+            yield Stack(fleet, api, server, clicks, metrics, app)
         finally:
             server.stop()
             executor.shutdown(wait=True)
@@ -386,22 +405,15 @@ def click(stack: Stack, action_id: str, value: str, name: str, user_id: str) -> 
 
 
 def test_registered_button_handlers_get_the_signed_identity(stack: Stack) -> None:
-    clicks: list[ActionClick] = []
-
-    def approve(click: ActionClick) -> ActionReply:
-        clicks.append(click)
-        done = stack.fleet.service.renderer.render(
-            "error.json.j2", error=f"approved {click.value}", usage="", help_hint=""
+    (approve, *_) = button_handlers(stack.fleet, [])
+    with make_executor(1) as executor, pytest.raises(ValueError, match="already has a handler"):
+        build_app(
+            stack.fleet.service,
+            client=make_web_client(BOT_TOKEN, stack.api.url),
+            signing_secret=SECRET,
+            executor=executor,
+            actions=[approve, approve],
         )
-        return ActionReply(Message(done.text, done.blocks, ephemeral=False), replace_original=True)
-
-    def refuse(click: ActionClick) -> ActionReply:
-        return ActionReply(Message(text="Only approvers may approve.", ephemeral=True))
-
-    stack.actions.register_action("test.approve", approve)
-    stack.actions.register_action("test.refuse", refuse)
-    with pytest.raises(ValueError):
-        stack.actions.register_action("test.approve", approve)
 
     resp = click(stack, "test.approve", "req-42", "approve", "U0APPROVER")
     assert resp.status == 200
@@ -410,7 +422,7 @@ def test_registered_button_handlers_get_the_signed_identity(stack: Stack) -> Non
     assert replaced["replace_original"] is True
     assert replaced["response_type"] == "in_channel"
     assert "approved req-42" in replaced["text"]
-    (seen,) = clicks
+    (seen,) = stack.clicks
     assert (seen.user_id, seen.value, seen.channel_id) == ("U0APPROVER", "req-42", CHANNEL)
     assert seen.message_ts == "1700000000.000100"
 
@@ -421,10 +433,6 @@ def test_registered_button_handlers_get_the_signed_identity(stack: Stack) -> Non
 
 
 def test_unhandled_and_failing_buttons_are_acknowledged(stack: Stack) -> None:
-    def broken(click: ActionClick) -> ActionReply:
-        raise RuntimeError("secret internals")
-
-    stack.actions.register_action("test.broken", broken)
     assert click(stack, "nobody.handles.this", "v", "unhandled", USER).status == 200
     assert click(stack, "test.broken", "v", "broken", USER).status == 200
     note = stack.later("broken").params

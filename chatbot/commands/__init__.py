@@ -6,14 +6,7 @@ Faces (Slack, console) build one :class:`Dispatcher` over :func:`build_registry`
 
 from __future__ import annotations
 
-from chatbot.commands.context import (
-    CommandContext,
-    FleetInspector,
-    InspectResult,
-    QueueLengthInfo,
-    QueueReader,
-    WorkerReplyInfo,
-)
+from chatbot.commands.context import CommandContext, QueueLengthInfo, QueueReader
 from chatbot.commands.parser import ArgSpec, Flag, ParsedArgs, Positional, UsageError
 from chatbot.commands.readonly import register_readonly
 from chatbot.commands.registry import CommandSpec, Dispatcher, Handler, Prepared, Registry
@@ -30,9 +23,7 @@ __all__ = [
     "CommandSpec",
     "Dispatcher",
     "Flag",
-    "FleetInspector",
     "Handler",
-    "InspectResult",
     "ParsedArgs",
     "Positional",
     "Prepared",
@@ -40,6 +31,5 @@ __all__ = [
     "QueueReader",
     "Registry",
     "UsageError",
-    "WorkerReplyInfo",
     "build_registry",
 ]

@@ -1,18 +1,19 @@
 """What a command handler gets: the store, the broker and control seen through narrow Protocols.
 
-The Protocols describe only what the commands use of ``chatbot.broker.BrokerReader`` and
-``chatbot.control.FleetControl``. Commands never import those classes (structural typing), so
-the real ones and a recorded test double are interchangeable.
+The broker is seen through what the commands use of ``chatbot.broker.BrokerReader``, the
+workers through the one :class:`~chatbot.control_port.ControlPort`. Commands never import the
+real classes (structural typing), so they and a recorded test double are interchangeable.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from chatbot.config import Settings
+from chatbot.control_port import ControlPort
 from chatbot.model import StreamHealth
 from chatbot.render import Renderer
 from chatbot.store import FleetStore
@@ -48,43 +49,6 @@ class QueueReader(Protocol):
     def queue_lengths(self, names: Sequence[str]) -> Sequence[QueueLengthInfo]: ...
 
 
-class WorkerReplyInfo(Protocol):
-    """One worker's answer; ``status`` is ``ok``, ``error`` or ``no_reply``."""
-
-    @property
-    def worker(self) -> str: ...
-
-    @property
-    def status(self) -> str: ...
-
-    @property
-    def value(self) -> Any: ...
-
-    @property
-    def message(self) -> str: ...
-
-
-class InspectResult(Protocol):
-    @property
-    def command(self) -> str: ...
-
-    @property
-    def replies(self) -> Mapping[str, WorkerReplyInfo]: ...
-
-    @property
-    def error(self) -> str | None:
-        """Set when the broker could not be reached: then nothing is known about the workers."""
-        ...
-
-
-class FleetInspector(Protocol):
-    """The part of ``FleetControl`` the read-only commands use."""
-
-    def inspect(
-        self, method: str, worker: str | None = None, expected: Sequence[str] = (), **kw: Any
-    ) -> InspectResult: ...
-
-
 @dataclass(frozen=True)
 class CommandContext:
     """Everything a handler may use; built per invocation by the face (Slack or console)."""
@@ -93,7 +57,7 @@ class CommandContext:
     settings: Settings
     renderer: Renderer
     broker: QueueReader | None = None
-    control: FleetInspector | None = None
+    control: ControlPort | None = None
     user_id: str = ""
     channel_id: str = ""
     clock: Callable[[], float] = field(default=time.time)
@@ -114,9 +78,7 @@ class CommandContext:
 if TYPE_CHECKING:
     # mypy proves the real classes satisfy the Protocols (no runtime import, no cycle).
     from chatbot.broker import BrokerReader
-    from chatbot.control import FleetControl
 
-    def _conforms(broker: BrokerReader, control: FleetControl) -> None:
+    def _conforms(broker: BrokerReader) -> None:
         reader: QueueReader = broker
-        inspector: FleetInspector = control
-        del reader, inspector
+        del reader

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatbot.broker import queue_names
-from chatbot.commands.context import CommandContext, QueueLengthInfo, WorkerReplyInfo
+from chatbot.commands.context import CommandContext, QueueLengthInfo
 from chatbot.commands.parser import (
     MIN_ID_PREFIX,
     ArgSpec,
@@ -30,7 +30,7 @@ from chatbot.commands.parser import (
     parse_task_id,
 )
 from chatbot.commands.registry import CommandSpec, Registry
-from chatbot.control import consumed_queues, pool_facts
+from chatbot.control import WorkerReply, consumed_queues, pool_facts
 from chatbot.model import (
     FAILURE,
     P99_FACTOR,
@@ -390,7 +390,7 @@ class WorkerRow:
 def workers(args: ParsedArgs, ctx: CommandContext) -> Message:
     now = ctx.clock()
     known = ctx.store.workers()
-    replies: Mapping[str, WorkerReplyInfo] = {}
+    replies: Mapping[str, WorkerReply] = {}
     inspect_error = None
     if ctx.control is not None:
         online_names = [w.hostname for w in known if w.is_online(now)]

@@ -16,9 +16,10 @@ class Message:
     text: str
     blocks: list[dict[str, Any]] = field(default_factory=list)
     ephemeral: bool = True
-    # Post it in the channel as the app (chat.postMessage) rather than as a reply, because
-    # whoever built it updates it later by its ts (an approval card: expiry, confirmation).
-    channel_post: bool = False
+    # Set on a pending approval card: a face posts it in the channel as the app
+    # (chat.postMessage) rather than as a reply, and reports the channel and ts back to the
+    # approvals, which update the card by its ts later (expiry, decision, confirmation).
+    approval_id: str | None = None
 
     def to_response(self) -> dict[str, Any]:
         """The body for ``respond()`` / a response_url."""

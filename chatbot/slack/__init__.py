@@ -6,7 +6,7 @@ Wiring (``celery-chatops run``)::
     executor = make_executor()
     metrics = SlackMetrics()
     app = build_app(service, client=client, signing_secret=settings.slack_signing_secret or None,
-                    executor=executor, actions=actions, metrics=metrics)
+                    executor=executor, actions=approval_actions.actions(), metrics=metrics)
     server = make_server(app, service, settings, metrics=metrics).start()
     ...
     server.stop(); executor.shutdown()
@@ -22,7 +22,6 @@ from chatbot.config import Settings
 from chatbot.slack.app import (
     ActionClick,
     ActionHandler,
-    ActionRegistry,
     ActionReply,
     build_app,
     make_executor,
@@ -75,7 +74,6 @@ def make_server(
 __all__ = [
     "ActionClick",
     "ActionHandler",
-    "ActionRegistry",
     "ActionReply",
     "CommandRunner",
     "HttpServer",

@@ -24,9 +24,9 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt import Ack, App, BoltContext
@@ -65,11 +65,7 @@ class ActionClick:
     user_id: str  # who clicked: ``user.id`` of the signed payload, the only identity to trust
     channel_id: str
     message_ts: str
-    block_id: str = ""
-    team_id: str = ""
     response_url: str | None = None
-    trigger_id: str = ""
-    payload: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -84,34 +80,9 @@ class ActionReply:
 # Runs on the executor after the click was acknowledged; may block (it may ask the workers).
 ActionHandler = Callable[[ActionClick], "ActionReply | None"]
 
-
-class ActionRegistry:
-    """Button handlers by ``action_id``; the approvals and alerts layers register theirs.
-
-    Looked up at click time, so handlers may be registered after the app was built.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._handlers: dict[str, ActionHandler] = {}
-
-    def register_action(
-        self, action_id: str, handler: ActionHandler, *, replace: bool = False
-    ) -> None:
-        if not action_id or len(action_id) > 255:
-            raise ValueError("an action_id is 1 to 255 characters")
-        with self._lock:
-            if not replace and action_id in self._handlers:
-                raise ValueError(f"action {action_id!r} already has a handler")
-            self._handlers[action_id] = handler
-
-    def get(self, action_id: str) -> ActionHandler | None:
-        with self._lock:
-            return self._handlers.get(action_id)
-
-    def __contains__(self, action_id: object) -> bool:
-        with self._lock:
-            return action_id in self._handlers
+# Slack user-group events: a changed membership must reach the authorizer's cache at once
+# (a removed operator would otherwise keep their rights until the cache expires).
+GROUP_EVENTS = ("subteam_members_changed", "subteam_updated")
 
 
 def make_executor(max_workers: int = DEFAULT_EXECUTOR_THREADS) -> ThreadPoolExecutor:
@@ -127,13 +98,17 @@ def build_app(
     client: WebClient,
     signing_secret: str | None,
     executor: Executor,
-    actions: ActionRegistry | None = None,
+    actions: Iterable[tuple[str, ActionHandler]] = (),
     metrics: SlackMetrics | None = None,
     command: str = COMMAND,
     max_pending: int = DEFAULT_MAX_PENDING,
     token_verification: bool = True,
 ) -> App:
-    """A Bolt app answering ``command``, clicks registered in ``actions`` and the App Home.
+    """A Bolt app answering ``command``, button clicks and the App Home.
+
+    ``actions`` are ``(action_id, handler)`` pairs, each registered with Bolt's
+    ``app.action()``: the click is acked at once and the handler runs on ``executor``. Clicks on
+    other buttons (link buttons, retired layouts) are acked and ignored.
 
     ``signing_secret`` is required for HTTP mode. ``None`` (Socket Mode) still verifies HTTP
     requests, against a random secret: an app built for Socket Mode that is put behind the
@@ -157,13 +132,23 @@ def build_app(
         services,
         client=client,
         executor=executor,
-        actions=actions if actions is not None else ActionRegistry(),
         metrics=metrics if metrics is not None else SlackMetrics(),
         max_pending=max_pending,
     )
     app.command(command)(face.on_command)
-    app.block_action(_ANY)(face.on_block_action)
+    registered: set[str] = set()
+    for action_id, handler in actions:
+        if not action_id or len(action_id) > 255:
+            raise ValueError("an action_id is 1 to 255 characters")
+        if action_id in registered:
+            raise ValueError(f"action {action_id!r} already has a handler")
+        registered.add(action_id)
+        app.action(action_id)(face.action_listener(action_id, handler))
+    # Bolt runs the first listener that matches: this one only sees the ids nobody handles.
+    app.block_action(_ANY)(face.on_unhandled_action)
     app.event("app_home_opened")(face.on_home_opened)
+    for event in GROUP_EVENTS:
+        app.event(event)(face.on_group_changed)
     # Events we are subscribed to but do not use (app_mention, message.im...) get a 200:
     # Bolt would answer 404, and Slack retries and eventually disables failing subscriptions.
     app.event(_ANY)(face.on_other_event)
@@ -187,14 +172,12 @@ class _SlackFace:
         *,
         client: WebClient,
         executor: Executor,
-        actions: ActionRegistry,
         metrics: SlackMetrics,
         max_pending: int,
     ) -> None:
         self.services = services
         self.client = client
         self.executor = executor
-        self.actions = actions
         self.metrics = metrics
         self.max_pending = max_pending
         self._pending = 0
@@ -307,7 +290,7 @@ class _SlackFace:
                 message = self._internal_error(name, reference)
                 outcome = "error"
             ack_sent.wait(ACK_SENT_WAIT)
-            if message.channel_post and channel_id:
+            if message.approval_id and channel_id:
                 posted = self._post_in_channel(message, channel_id, response_url, name)
             else:
                 posted = self._post(response_url, message, replace_original=True, what=name)
@@ -316,24 +299,33 @@ class _SlackFace:
             self._release()
 
     # -- buttons --------------------------------------------------------------------------
-    def on_block_action(self, ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+    def action_listener(
+        self, action_id: str, handler: ActionHandler
+    ) -> Callable[[Ack, dict[str, Any], dict[str, Any]], None]:
+        """The Bolt listener for one ``action_id``: ack now, ``handler`` on the executor."""
+
+        def on_action(ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+            started = time.perf_counter()
+            # Acknowledged at once, before anything else, or Slack shows the clicker an error.
+            ack()
+            self.metrics.ack_seconds("action", time.perf_counter() - started)
+            click = _click(body, action)
+            if not click.user_id:
+                log.warning("block_actions payload without user.id for %r; ignored", action_id)
+                self.metrics.action(action_id, "ignored")
+                return
+            self._submit(self._run_action, action_id, handler, click)
+
+        return on_action
+
+    def on_unhandled_action(self, ack: Ack, action: dict[str, Any]) -> None:
         started = time.perf_counter()
-        # Every click is acknowledged at once, handled or not, or Slack shows an error.
+        # Every click is acknowledged, handled or not, or Slack shows an error.
         ack()
         self.metrics.ack_seconds("action", time.perf_counter() - started)
-        action_id = str(action.get("action_id") or "")
-        handler = self.actions.get(action_id)
-        if handler is None:
-            # Link buttons and buttons of retired layouts land here; nothing to do.
-            log.debug("no handler for action %r", action_id)
-            self.metrics.action("unregistered", "ignored")
-            return
-        click = _click(body, action)
-        if not click.user_id:
-            log.warning("block_actions payload without user.id for %r; ignored", action_id)
-            self.metrics.action(action_id, "ignored")
-            return
-        self._submit(self._run_action, action_id, handler, click)
+        # Link buttons and buttons of retired layouts land here; nothing to do.
+        log.debug("no handler for action %r", action.get("action_id"))
+        self.metrics.action("unregistered", "ignored")
 
     def _run_action(self, action_id: str, handler: ActionHandler, click: ActionClick) -> None:
         try:
@@ -379,6 +371,20 @@ class _SlackFace:
             self.metrics.home_publish("error")
         else:
             self.metrics.home_publish("ok")
+
+    def on_group_changed(self, event: dict[str, Any]) -> None:
+        """A user group changed: drop cached memberships, so rights follow it at once."""
+        started = time.perf_counter()
+        subteam = event.get("subteam") or {}
+        group = event.get("subteam_id") or (subteam.get("id") if isinstance(subteam, dict) else "")
+        log.info(
+            "user group %s changed (%s): forgetting cached memberships",
+            group or "?",
+            event.get("type"),
+        )
+        # In memory and cheap: done in the ack, so the next check already asks Slack.
+        self.services.authorizer.forget_groups()
+        self.metrics.ack_seconds("event", time.perf_counter() - started)
 
     def on_other_event(self, event: dict[str, Any]) -> None:
         log.debug("ignoring event %r", event.get("type"))
@@ -438,7 +444,8 @@ class _SlackFace:
             return self._post(response_url, message, replace_original=True, what=what)
         ts = str(response.get("ts") or "")
         try:
-            self.services.channel_posted(message, channel_id, ts)
+            if message.approval_id and ts:
+                self.services.approvals.attach_message(message.approval_id, channel_id, ts)
         except Exception:
             log.exception("recording where %r was posted failed", what)
         note = Message(text=f"Posted in this channel: `/celery {what}` is waiting there.")
@@ -499,16 +506,11 @@ def _click(body: Mapping[str, Any], action: Mapping[str, Any]) -> ActionClick:
     container = body.get("container") or {}
     channel = body.get("channel") or {}
     message = body.get("message") or {}
-    team = body.get("team") or {}
     return ActionClick(
         action_id=str(action.get("action_id") or ""),
         value=str(action.get("value") or ""),
         user_id=str(user.get("id") or ""),
         channel_id=str(channel.get("id") or container.get("channel_id") or ""),
         message_ts=str(container.get("message_ts") or message.get("ts") or ""),
-        block_id=str(action.get("block_id") or ""),
-        team_id=str(team.get("id") or user.get("team_id") or ""),
         response_url=body.get("response_url") or None,
-        trigger_id=str(body.get("trigger_id") or ""),
-        payload=body,
     )

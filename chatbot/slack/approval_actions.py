@@ -16,15 +16,9 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from chatbot.alerts.actions import ALERT_ACTION_IDS, command_for_click
-from chatbot.approvals import (
-    APPROVE_ACTION_ID,
-    DENY_ACTION_ID,
-    Approval,
-    ApprovalService,
-    approval_id_of,
-)
+from chatbot.approvals import APPROVE_ACTION_ID, DENY_ACTION_ID, Approval, ApprovalService
 from chatbot.render import Message
-from chatbot.slack.app import ActionClick, ActionRegistry, ActionReply
+from chatbot.slack.app import ActionClick, ActionHandler, ActionReply
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +32,9 @@ class ApprovalActions:
         self.approvals = approvals
         self.client = client
 
-    def register(self, actions: ActionRegistry) -> None:
-        actions.register_action(APPROVE_ACTION_ID, self.on_click)
-        actions.register_action(DENY_ACTION_ID, self.on_click)
-
-    def channel_posted(self, message: Message, channel_id: str, ts: str) -> None:
-        """Remember where a pending card went, so expiry and confirmation can update it."""
-        approval_id = approval_id_of(message)
-        if approval_id and ts:
-            self.approvals.attach_message(approval_id, channel_id, ts)
+    def actions(self) -> list[tuple[str, ActionHandler]]:
+        """The ``(action_id, handler)`` pairs to give ``build_app``."""
+        return [(APPROVE_ACTION_ID, self.on_click), (DENY_ACTION_ID, self.on_click)]
 
     def on_click(self, click: ActionClick) -> ActionReply | None:
         approve = click.action_id == APPROVE_ACTION_ID
@@ -84,7 +72,9 @@ class ApprovalActions:
             log.warning("could not post an approval card in %s: %s", channel, code)
             return None
         ts = str(response.get("ts") or "")
-        self.channel_posted(card, channel, ts)
+        if card.approval_id and ts:
+            # Remembered, so expiry and confirmation can update the card by its ts.
+            self.approvals.attach_message(card.approval_id, channel, ts)
         return ts or None
 
     def update_card(self, channel: str, ts: str | None, card: Message) -> bool:
@@ -125,16 +115,16 @@ class AlertButtons:
         self.approvals = approvals
         self.run_command = run_command
 
-    def register(self, actions: ActionRegistry) -> None:
-        for action_id in ALERT_ACTION_IDS:
-            actions.register_action(action_id, self.on_click)
+    def actions(self) -> list[tuple[str, ActionHandler]]:
+        """The ``(action_id, handler)`` pairs to give ``build_app``."""
+        return [(action_id, self.on_click) for action_id in ALERT_ACTION_IDS]
 
     def on_click(self, click: ActionClick) -> ActionReply:
         command = command_for_click(click.action_id, click.value)
         if command is None:
             return ActionReply(Message(text="This button carries no task id to act on."))
         message = self.run_command(command, click.user_id, click.channel_id)
-        if not message.channel_post or not click.channel_id:
+        if not message.approval_id or not click.channel_id:
             return ActionReply(message)  # a refusal or an error: for the clicker alone
         ts = self.approvals.post_card(click.channel_id, message)
         if ts is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from chatbot.auth import Authorizer
 from chatbot.commands.context import CommandContext
 from chatbot.commands.registry import Prepared
 from chatbot.render import Message, Renderer
@@ -22,6 +23,14 @@ class CommandRunner(Protocol):
     def execute(self, prepared: Prepared, ctx: CommandContext) -> Message: ...
 
     def internal_error(self, name: str, reference: str) -> Message: ...
+
+
+class ApprovalCards(Protocol):
+    """The part of :class:`chatbot.approvals.ApprovalService` a face calls after posting."""
+
+    def attach_message(self, approval_id: str, channel: str, ts: str) -> object:
+        """Remember that the card of ``approval_id`` is at ``channel``/``ts``."""
+        ...
 
 
 class SlackServices(Protocol):
@@ -45,6 +54,12 @@ class SlackServices(Protocol):
         """Prometheus text exposition format: served by ``GET /metrics``."""
         ...
 
-    def channel_posted(self, message: Message, channel_id: str, ts: str) -> None:
-        """A ``channel_post`` message was posted as the app at ``channel_id``/``ts``."""
+    @property
+    def approvals(self) -> ApprovalCards:
+        """Told where an approval card (``Message.approval_id``) was posted as the app."""
+        ...
+
+    @property
+    def authorizer(self) -> Authorizer:
+        """Told when a user group changes (its cached members are then stale)."""
         ...
