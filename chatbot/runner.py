@@ -18,6 +18,7 @@ from chatbot.service import Service
 from chatbot.slack import ActionRegistry, SlackMetrics, build_app, make_executor, make_server
 from chatbot.slack.approval_actions import AlertButtons, ApprovalActions, ExpirySweeper
 from chatbot.slack.client import web_client_from_settings
+from chatbot.slackerrors import error_code
 
 logger = logging.getLogger("chatbot")
 
@@ -111,7 +112,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
         )
     except (SlackApiError, BoltError) as exc:
         # Bolt calls auth.test at start: a wrong or revoked token stops here, in one line.
-        reason = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
+        reason = error_code(exc) or str(exc)
         logger.error("Slack refused the bot token (SLACK_BOT_TOKEN): %s", reason)
         executor.shutdown(wait=False)
         return 1

@@ -143,10 +143,9 @@ class Service:
     def _wire_alerts(self) -> None:
         """Channel alerts: checks run only on the writer replica (two would both post)."""
         settings = self.settings
-        # The sender paces and retries 429s itself, per channel: its client must not wait.
-        client = make_web_client(
-            settings.slack_bot_token, settings.slack_api_url, max_rate_limit_wait=0
-        )
+        # The sender is the one layer that retries alert calls (see chatbot/alerts/sender.py):
+        # its client has no retry handlers of its own.
+        client = make_web_client(settings.slack_bot_token, settings.slack_api_url, retries=False)
         sender = SlackSender(client)
         manager = AlertManager(self.records, sender, self.renderer, settings)
         scheduler = AlertScheduler(

@@ -132,7 +132,7 @@ def make_rig(redis_url: str) -> Iterator[Callable[..., Rig]]:
             servers.append(api)
         store = MemoryStore()
         sender = SlackSender(
-            WebClient(token="xoxb-test", base_url=api.url),
+            WebClient(token="xoxb-test", base_url=api.url, retry_handlers=[]),
             min_interval=0.05,
             default_retry_after=0.2,
         )
