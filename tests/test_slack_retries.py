@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import email.utils
 import socket
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from slack_sdk import WebClient
@@ -111,7 +113,27 @@ def test_a_post_slack_may_have_accepted_is_not_sent_again(
     result = sender.post_message(CHANNEL, "disk full").result(10)
     assert not result.ok and result.error == "internal_error" and result.attempts == 1
     assert [c.status for c in api.calls("chat.postMessage")] == [503]
-    assert sender.health().failed == 1
+    health = sender.health()
+    assert health.failed == 1 and health.retries == 0
+    assert health.last_error is not None and "may have accepted" in health.last_error
+
+
+def test_a_post_whose_answer_timed_out_is_not_sent_again(api: MockSlackAPI) -> None:
+    def slow_post(params: dict[str, Any]) -> dict[str, Any]:
+        answer.wait(30)  # Slack took the post, but answers after the client gave up
+        return {"ok": True, "channel": params["channel"], "ts": "1800000000.000100"}
+
+    answer = threading.Event()
+    api.set_handler("chat.postMessage", slow_post)
+    client = make_web_client(BOT_TOKEN, api.url, timeout=1, retries=False)
+    sender = SlackSender(client, min_interval=0.0, backoff=0.01)
+    try:
+        result = sender.post_message(CHANNEL, "stuck task").result(30)
+    finally:
+        answer.set()
+        sender.stop()
+    assert not result.ok and result.error == "network_error" and result.attempts == 1
+    assert len(api.wait_for("chat.postMessage", count=1)) == 1
 
 
 def test_an_edit_is_retried_after_a_server_error(api: MockSlackAPI, sender: SlackSender) -> None:

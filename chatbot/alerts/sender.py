@@ -62,6 +62,7 @@ TRANSIENT_ERRORS = frozenset(
 QUEUE_FULL = "queue_full"
 STOPPED = "sender_stopped"
 NETWORK_ERROR = "network_error"
+MAYBE_POSTED_HINT = "not posted again: Slack may have accepted it (no duplicate alerts)"
 
 _HINTS = {
     "not_in_channel": "invite the bot to the channel (/invite @celery-chatops)",
@@ -386,12 +387,9 @@ class SlackSender:
         """Slack may have carried out the call: retry an edit, never a post (a duplicate)."""
         if item.method != POST:
             return self._retry_transient(item, error)
-        log.warning(
-            "Slack %s to %s failed (%s) after the request went out: not posting again, "
-            "Slack may have accepted it",
-            item.method, item.channel, error,
-        )  # fmt: skip
-        return self._fail(item, error.split(":", 1)[0])
+        # Logged once per channel and code by _fail, as every refusal is: a flapping Slack
+        # must not flood the log every check.
+        return self._fail(item, error.split(":", 1)[0], MAYBE_POSTED_HINT)
 
     def _retry_transient(self, item: _Item, error: str) -> SendResult | None:
         if item.attempts >= self.max_attempts:
@@ -407,8 +405,8 @@ class SlackSender:
         item.not_before = self._clock() + delay
         return None
 
-    def _fail(self, item: _Item, error: str) -> SendResult:
-        hint = _HINTS.get(error, "")
+    def _fail(self, item: _Item, error: str, hint: str | None = None) -> SendResult:
+        hint = _HINTS.get(error, "") if hint is None else hint
         with self._cond:
             self._failed += 1
             self._record_failure_locked(item, error, hint)
