@@ -323,6 +323,8 @@ class Bot:
     """What ``chatbot.runner.run`` builds, kept in reach so the bench can read the store."""
 
     def __init__(self, settings: Any) -> None:
+        from chatbot.periodic import EVERY
+        from chatbot.runner import APPROVAL_EXPIRY_JOB
         from chatbot.service import Service
         from chatbot.slack import (
             HttpServer,
@@ -330,7 +332,11 @@ class Bot:
             build_app,
             make_executor,
         )
-        from chatbot.slack.approval_actions import AlertButtons, ApprovalActions, ExpirySweeper
+        from chatbot.slack.approval_actions import (
+            DEFAULT_EXPIRY_SWEEP,
+            AlertButtons,
+            ApprovalActions,
+        )
         from chatbot.slack.client import web_client_from_settings
 
         self.settings = settings
@@ -351,7 +357,13 @@ class Bot:
         self.server = HttpServer(
             app, self.service, settings.host, settings.port, metrics=self.metrics
         )
-        self.sweeper = ExpirySweeper(approval_actions)
+        # As chatbot.runner.run wires it: on the service's one scheduler.
+        self.service.jobs.add(
+            APPROVAL_EXPIRY_JOB,
+            approval_actions.sweep_expired,
+            every=DEFAULT_EXPIRY_SWEEP,
+            replicas=EVERY,
+        )
         self.started = False
 
     def instrument(self, probe: Probe) -> None:
@@ -366,14 +378,11 @@ class Bot:
         self.service.start()
         self.started = True
         self.server.start()
-        self.sweeper.start()
 
     def stop(self) -> None:
         if not self.started:
             return
         self.started = False
-        with contextlib.suppress(Exception):
-            self.sweeper.stop()
         with contextlib.suppress(Exception):
             self.server.stop()
         with contextlib.suppress(Exception):

@@ -1,15 +1,14 @@
 """What events do not say about workers: their pool, concurrency and the queues they consume.
 
 Backlog alerts and ``status`` watch the queues workers consume; only the workers can say which
-those are (``inspect active_queues``). The writer replica asks the online workers once at start
-and then every ``interval`` seconds, on a thread of its own, and records the answers in the
-store. A worker that does not answer keeps what it said last.
+those are (``inspect active_queues``). The writer replica asks the online workers soon after it
+takes the lease and then every ``interval`` seconds (:meth:`WorkerDiscovery.refresh` is a
+periodic job of the service, see ``chatbot/service.py``), and records the answers in the store.
+A worker that does not answer keeps what it said last.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -17,9 +16,9 @@ from chatbot.control import consumed_queues, pool_facts
 from chatbot.control_port import ControlPort
 from chatbot.store import FleetStore
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_INTERVAL = 60.0
+# A first look soon after start, once heartbeats have said who is online.
+FIRST_LOOK_AFTER = 5.0
 
 
 class WorkerDiscovery:
@@ -36,8 +35,6 @@ class WorkerDiscovery:
         self.interval = interval
         self.clock = clock
         self.refreshes = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def refresh(self) -> int:
         """Ask the online workers once; returns how many answered something usable."""
@@ -70,25 +67,3 @@ class WorkerDiscovery:
             answered += 1
         self.refreshes += 1
         return answered
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="chatops-discovery", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self) -> None:
-        # A first look soon after start, once heartbeats have said who is online.
-        delay = min(self.interval, 5.0)
-        while not self._stop.wait(delay):
-            try:
-                self.refresh()
-            except Exception:
-                # The broker or a worker misbehaving must not end discovery for good.
-                logger.warning("asking the workers for their queues failed", exc_info=True)
-            delay = self.interval

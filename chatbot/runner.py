@@ -13,16 +13,19 @@ from slack_sdk.errors import SlackApiError
 
 from chatbot.config import Settings, redact_url
 from chatbot.console import BANNER, Console
+from chatbot.periodic import EVERY
 from chatbot.render import Message
 from chatbot.service import Service
 from chatbot.slack import SlackMetrics, build_app, make_executor, make_server
-from chatbot.slack.approval_actions import AlertButtons, ApprovalActions, ExpirySweeper
+from chatbot.slack.approval_actions import DEFAULT_EXPIRY_SWEEP, AlertButtons, ApprovalActions
 from chatbot.slack.client import web_client_from_settings
+from chatbot.slackerrors import error_code
 
 logger = logging.getLogger("chatbot")
 
 CONSOLE_USER = "console"
 CONNECT_WAIT_SECONDS = 5.0
+APPROVAL_EXPIRY_JOB = "approval-expiry"
 
 
 def log_banner(settings: Settings, mode: str) -> None:
@@ -108,23 +111,28 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
         )
     except (SlackApiError, BoltError) as exc:
         # Bolt calls auth.test at start: a wrong or revoked token stops here, in one line.
-        reason = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
+        reason = error_code(exc) or str(exc)
         logger.error("Slack refused the bot token (SLACK_BOT_TOKEN): %s", reason)
         executor.shutdown(wait=False)
         return 1
     server = make_server(app, service, settings, metrics=metrics)
-    sweeper = ExpirySweeper(approval_actions)
+    # On the service's one scheduler (the table of periodic jobs is in chatbot/service.py):
+    # every replica takes expired cards' buttons away; each request is expired by one only.
+    service.jobs.add(
+        APPROVAL_EXPIRY_JOB,
+        approval_actions.sweep_expired,
+        every=DEFAULT_EXPIRY_SWEEP,
+        replicas=EVERY,
+    )
     service.start()
     try:
         server.start()
-        sweeper.start()
         logger.info("serving", extra={"mode": mode, "port": server.port})
         if stop is None:
             wait_for_shutdown_signal()
         else:
             stop.wait()
     finally:
-        sweeper.stop()
         server.stop()
         service.stop()
         executor.shutdown(wait=False)

@@ -27,9 +27,10 @@ from chatbot.commands.control import register_control_commands
 from chatbot.config import Settings, redact_url
 from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
-from chatbot.discovery import WorkerDiscovery
+from chatbot.discovery import FIRST_LOOK_AFTER, WorkerDiscovery
 from chatbot.metrics import render_metrics
 from chatbot.model import StreamHealth
+from chatbot.periodic import WRITER, PeriodicJobs
 from chatbot.render import Message, Renderer
 from chatbot.slack.client import make_web_client
 from chatbot.store import FleetStore, RecordStore
@@ -40,6 +41,7 @@ from chatbot.store.records import MemoryRecordStore
 logger = logging.getLogger(__name__)
 
 QUEUE_CACHE_SECONDS = 10.0
+DISCOVERY_JOB = "worker-discovery"
 LOCAL_LEASE_WAIT = 5.0
 
 
@@ -129,11 +131,20 @@ class Service:
         self._queue_lock = threading.Lock()
         # Extra health facts contributed by parts wired on top (alerts sender, Slack).
         self.health_sources: list[Callable[[], dict[str, Any]]] = []
-        # Parts that run only while this replica is the writer (the alert scheduler).
-        self.leader_parts: list[tuple[Callable[[], None], Callable[[], None]]] = []
-        # Leader-only: learn the queues workers consume, for backlog alerts and status.
+        # What runs periodically, and on which replica: every job of the process is on this
+        # one scheduler, and /healthz shows them all ("periodic"). WRITER jobs run while this
+        # replica holds the ingest lease: worker discovery (here), alert checks
+        # (_wire_alerts); jobs for EVERY replica: the approval expiry sweep (runner.py).
+        self.jobs = PeriodicJobs(clock=clock)
+        # Learn the queues workers consume, for backlog alerts and status.
         self.discovery = WorkerDiscovery(self.control, self.store, clock=clock)
-        self.leader_parts.append((self.discovery.start, self.discovery.stop))
+        self.jobs.add(
+            DISCOVERY_JOB,
+            self.discovery.refresh,
+            every=self.discovery.interval,
+            replicas=WRITER,
+            first_after=min(self.discovery.interval, FIRST_LOOK_AFTER),
+        )
         self.started_at: float | None = None
         if web_client is not None and settings.alert_channel:
             self._wire_alerts()
@@ -141,17 +152,16 @@ class Service:
     def _wire_alerts(self) -> None:
         """Channel alerts: checks run only on the writer replica (two would both post)."""
         settings = self.settings
-        # The sender paces and retries 429s itself, per channel: its client must not wait.
-        client = make_web_client(
-            settings.slack_bot_token, settings.slack_api_url, max_rate_limit_wait=0
-        )
+        # The sender is the one layer that retries alert calls (see chatbot/alerts/sender.py):
+        # its client has no retry handlers of its own.
+        client = make_web_client(settings.slack_bot_token, settings.slack_api_url, retries=False)
         sender = SlackSender(client)
         manager = AlertManager(self.records, sender, self.renderer, settings)
         scheduler = AlertScheduler(
             manager, self.store, settings, broker=self.broker, health=self.stream_health
         )
         register_alert_commands(self.registry, manager, self.authorizer)
-        self.leader_parts.append((scheduler.start, scheduler.stop))
+        scheduler.start(self.jobs, replicas=WRITER)
         self.health_sources.append(
             lambda: {
                 "alerts": {
@@ -166,6 +176,7 @@ class Service:
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         self.started_at = self.clock()
+        self.jobs.start()
         if self.stores is not None:
             self.stores.start(on_acquired=self._start_ingest, on_lost=self._stop_ingest)
             if self.stores.backend == "memory":
@@ -180,6 +191,7 @@ class Service:
             self.stores.stop()  # runs _stop_ingest while it still holds the lease
         else:
             self._stop_ingest()
+        self.jobs.shutdown()
         if self.alert_sender is not None:
             self.alert_sender.stop()
         self.broker.close()
@@ -200,19 +212,14 @@ class Service:
                 if self.stores is not None:
                     self.stores.set_health_source(self.consumer.health_into)
                 self.consumer.start()
-            for start, _stop in self.leader_parts:
-                start()
+            self.jobs.writer_started()
             self._ingesting.set()
         logger.info("this replica consumes events and runs the scheduler")
 
     def _stop_ingest(self) -> None:
         with self._ingest_lock:
             self._ingesting.clear()
-            for _start, stop in reversed(self.leader_parts):
-                try:
-                    stop()
-                except Exception:
-                    logger.exception("stopping a leader-only part failed")
+            self.jobs.writer_stopped()
             if self.consumer is not None:
                 self.consumer.stop()
                 if self.stores is not None:
@@ -310,6 +317,9 @@ class Service:
                 if stream.last_error
                 else "event consumer not connected to the broker yet"
             )
+        report["periodic"] = {
+            job_id: job.as_dict() for job_id, job in self.jobs.health().items()
+        }
         for source in self.health_sources:
             report.update(source())
         return report

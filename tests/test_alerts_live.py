@@ -27,7 +27,7 @@ from chatbot.alerts.manager import (
     TERMINATE_ACTION_ID,
     AlertManager,
 )
-from chatbot.alerts.scheduler import AlertScheduler, CheckResult
+from chatbot.alerts.scheduler import JOB_ID, AlertScheduler, CheckResult
 from chatbot.alerts.sender import SlackSender
 from chatbot.approvals import ApprovalService
 from chatbot.audit import AuditLog
@@ -40,6 +40,7 @@ from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
 from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import StreamHealth
+from chatbot.periodic import EVERY, PeriodicJobs
 from chatbot.render import Renderer
 from chatbot.store import RecordStore
 from chatbot.store.memory import MemoryStore
@@ -133,7 +134,7 @@ def make_rig(redis_url: str) -> Iterator[Callable[..., Rig]]:
             servers.append(api)
         store = MemoryStore()
         sender = SlackSender(
-            WebClient(token="xoxb-test", base_url=api.url),
+            WebClient(token="xoxb-test", base_url=api.url, retry_handlers=[]),
             min_interval=0.05,
             default_retry_after=0.2,
         )
@@ -340,28 +341,37 @@ def test_a_killed_worker_raises_worker_offline_and_its_restart_resolves_it(
     hostname = unique_hostname("killed")
     worker = start_worker(celery_worker, rig, hostname=hostname, heartbeat_interval=KILL_HEARTBEAT)
     key = f"worker:{hostname}"
-    rig.scheduler.start()  # the real APScheduler job, every 0.5s
+    jobs = PeriodicJobs()  # the process's one APScheduler, as the service has it
+    jobs.start()
+    try:
+        rig.scheduler.start(jobs, replicas=EVERY)  # the real periodic job, every 0.5s
+        assert rig.scheduler.running
 
-    worker.kill()
+        worker.kill()
 
-    def posted() -> dict[str, Any] | None:
-        record = rig.manager.get_alert(key)
-        return record if record is not None and record["status"] == OPEN else None
+        def posted() -> dict[str, Any] | None:
+            record = rig.manager.get_alert(key)
+            return record if record is not None and record["status"] == OPEN else None
 
-    opened = wait_until(posted, DEADLINE, what="the worker-offline alert")
-    assert opened is not None
-    last_heartbeat = rig.store.get_worker(hostname).last_heartbeat  # type: ignore[union-attr]
-    assert last_heartbeat is not None
-    expiry = 2 * KILL_HEARTBEAT
-    # Judged by expiry (a SIGKILL sends no worker-offline): within two expiries of the last
-    # heartbeat, the promise made to whoever is on call.
-    assert opened["opened_at"] <= last_heartbeat + 2 * expiry
+        opened = wait_until(posted, DEADLINE, what="the worker-offline alert")
+        assert opened is not None
+        last_heartbeat = rig.store.get_worker(hostname).last_heartbeat  # type: ignore[union-attr]
+        assert last_heartbeat is not None
+        expiry = 2 * KILL_HEARTBEAT
+        # Judged by expiry (a SIGKILL sends no worker-offline): within two expiries of the last
+        # heartbeat, the promise made to whoever is on call.
+        assert opened["opened_at"] <= last_heartbeat + 2 * expiry
 
-    start_worker(celery_worker, rig, hostname=hostname, heartbeat_interval=KILL_HEARTBEAT)
-    wait_until(
-        lambda: rig.record(key)["status"] == RESOLVED, DEADLINE, what="the worker to recover"
-    )
-    rig.scheduler.stop()
+        start_worker(celery_worker, rig, hostname=hostname, heartbeat_interval=KILL_HEARTBEAT)
+        wait_until(
+            lambda: rig.record(key)["status"] == RESOLVED, DEADLINE, what="the worker to recover"
+        )
+        runs = jobs.health()[JOB_ID]
+        assert runs.runs > 0 and runs.failures == 0 and runs.replicas == EVERY
+        rig.scheduler.stop()
+        assert not rig.scheduler.running and JOB_ID not in jobs.health()
+    finally:
+        jobs.shutdown()
     assert rig.sender.flush(30)
     parent = rig.parent(key)
     assert "Resolved" in rig.replies(parent.response["ts"])[-1].params["text"]

@@ -2,14 +2,14 @@
 
 Wiring (the service does this when ``CHATOPS_ALERT_CHANNEL`` is set)::
 
-    sender = SlackSender(web_client)                    # base_url = SLACK_API_URL
+    sender = SlackSender(web_client)    # base_url = SLACK_API_URL, retry_handlers=[]
     manager = AlertManager(records, sender, renderer, settings)
     scheduler = AlertScheduler(
         manager, store, settings,
         broker=broker_reader,
         health=lambda: consumer.health_into(store.health()),
     )
-    scheduler.start()
+    scheduler.start(jobs)               # jobs: the process's one PeriodicJobs
     register_alert_commands(registry, manager, authorizer)   # chatbot.commands.alerts
     ...
     scheduler.stop(); sender.stop()

@@ -21,6 +21,7 @@ from chatbot.alerts.sender import POST, UPDATE, SenderHealth, SendResult
 from chatbot.config import Settings
 from chatbot.console_text import to_text
 from chatbot.model import StreamHealth
+from chatbot.periodic import WRITER, PeriodicJobs
 from chatbot.render import Message, Renderer
 from chatbot.store import FleetStore, RecordStore
 
@@ -76,6 +77,7 @@ class AlertHost(Protocol):
     store: FleetStore
     records: RecordStore
     renderer: Renderer
+    jobs: PeriodicJobs  # the process's one scheduler
 
     @property
     def broker(self) -> QueueLengthReader: ...
@@ -105,5 +107,5 @@ def start_console_alerts(host: AlertHost, notice: Callable[[str], None]) -> Cons
     scheduler = AlertScheduler(
         manager, host.store, host.settings, broker=host.broker, health=host.stream_health
     )
-    scheduler.start()
+    scheduler.start(host.jobs, replicas=WRITER)
     return ConsoleAlerts(manager, scheduler)

@@ -1,17 +1,17 @@
 """The periodic check: store + broker -> rules -> manager, every ``CHATOPS_CHECK_INTERVAL``.
 
-An APScheduler ``BackgroundScheduler`` runs one job with ``coalesce=True, max_instances=1`` and
-a small ``misfire_grace_time``: a process that stalled (a long GC, a suspended container)
-runs one check when it wakes, not a burst of stale ones (chatops research §4.6). The job
+The check is one job on the process's :class:`~chatbot.periodic.PeriodicJobs` (its one
+APScheduler ``BackgroundScheduler``: ``coalesce``, ``max_instances=1``, a small misfire grace,
+so a process that stalled runs one check when it wakes, not a burst of stale ones). The job
 never talks to Slack itself; the manager hands messages to the sender's queue.
 
-Run one scheduler per fleet: two replicas checking the same fleet would both post.
+Run the check on one replica per fleet (``WRITER``): two replicas checking the same fleet would
+both post.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import threading
 import time
@@ -19,19 +19,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from chatbot.alerts.facts import QueueHistory, collect_facts
 from chatbot.alerts.manager import AlertManager, ReconcileResult
 from chatbot.alerts.rules import BACKLOG, Evaluation, evaluate, split_key
 from chatbot.broker import QueueLength, queue_names
 from chatbot.config import Settings
 from chatbot.model import HEARTBEAT_EXPIRE_FACTOR, StreamHealth
+from chatbot.periodic import WRITER, PeriodicJobs, Replicas
 from chatbot.store import FleetStore
 
 log = logging.getLogger(__name__)
 
-JOB_ID = "chatops-alert-check"
+JOB_ID = "alert-check"
 DEFAULT_QUEUE = "celery"
 
 
@@ -74,7 +73,7 @@ class SchedulerHealth:
 
 
 class AlertScheduler:
-    """Runs the alert check on a timer (:meth:`start`) or on demand (:meth:`check_now`).
+    """Runs the alert check as a periodic job (:meth:`start`) or on demand (:meth:`check_now`).
 
     ``broker`` reads queue lengths (None: no backlog rule). ``health`` returns the stream's
     health with the consumer's half filled in (``lambda: consumer.health_into(store.health())``);
@@ -119,7 +118,7 @@ class AlertScheduler:
         self.watching_since = clock()
         self._check_lock = threading.Lock()
         self._state_lock = threading.Lock()
-        self._scheduler: BackgroundScheduler | None = None
+        self._jobs: PeriodicJobs | None = None
         self._checks = 0
         self._failures = 0
         self._last_check_at: float | None = None
@@ -128,39 +127,37 @@ class AlertScheduler:
         self._last_firing = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._scheduler is not None:
+    def start(self, jobs: PeriodicJobs, replicas: Replicas = WRITER) -> None:
+        """Check every ``interval`` seconds on ``jobs``, the process's one scheduler."""
+        if self._jobs is not None:
             return
-        scheduler = BackgroundScheduler(daemon=True, timezone=dt.timezone.utc)
-        scheduler.add_job(
-            self._run,
-            trigger="interval",
-            seconds=self.interval,
-            id=JOB_ID,
-            name="celery-chatops alert check",
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=self.misfire_grace_time,
+        jobs.add(
+            JOB_ID,
+            self.run_check,
+            every=self.interval,
+            replicas=replicas,
             # The first check one interval after start: the consumer has had time to hear
             # every worker's heartbeat, so a fresh picture is not mistaken for a dead fleet.
-            next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=self.interval),
+            first_after=self.interval,
+            misfire_grace=self.misfire_grace_time,
         )
-        scheduler.start()
-        self._scheduler = scheduler
-        log.info("Alert checks every %gs", self.interval)
+        self._jobs = jobs
 
     def stop(self, wait: bool = True) -> None:
-        scheduler, self._scheduler = self._scheduler, None
-        if scheduler is not None:
-            scheduler.shutdown(wait=wait)
+        jobs, self._jobs = self._jobs, None
+        if jobs is not None:
+            jobs.remove(JOB_ID, wait=wait)
 
     @property
     def running(self) -> bool:
-        return self._scheduler is not None
+        """The check is scheduled on this replica (a WRITER job: while it holds the lease)."""
+        jobs = self._jobs
+        return jobs is not None and jobs.scheduled(JOB_ID)
 
     # -- checking --------------------------------------------------------------------------------
-    def _run(self) -> None:
-        # Already logged and counted by check_now; APScheduler would only log it again.
+    def run_check(self) -> None:
+        """One check as the periodic job runs it: a failure is already logged and counted by
+        :meth:`check_now` (and shown by :meth:`health`), so it is not raised again."""
         with contextlib.suppress(Exception):
             self.check_now()
 

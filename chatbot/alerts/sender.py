@@ -1,16 +1,28 @@
 """The outbound Slack queue for alerts: paced per channel, patient with rate limits, honest
-about failures.
+about failures, and the ONE layer that retries an alert's calls.
 
-Slack allows about one message per second per channel (chops research §2.6), and slack_sdk
-does not retry a 429 unless told to; ``message_limit_exceeded`` even arrives as HTTP 200 with
-``ok: false``. So every call goes through one FIFO queue per channel, served by its own
-daemon thread (never a thread that acks Slack), spaced ``min_interval`` apart:
+Slack allows about one message per second per channel, and slack_sdk does not retry a 429
+unless told to; ``message_limit_exceeded`` even arrives as HTTP 200 with ``ok: false``. So every
+call goes through one FIFO queue per channel, served by its own daemon thread (never a thread
+that acks Slack), spaced ``min_interval`` apart.
 
-- HTTP 429 and ``ratelimited`` / ``rate_limited`` / ``message_limit_exceeded`` replies wait for
-  ``Retry-After`` (or ``default_retry_after``) and retry the same call, keeping the order: a
-  rate limit delays notices but never loses one.
-- Network failures and Slack's own 5xx / ``internal_error`` are retried with backoff, up to
-  ``max_attempts``.
+Retries happen here and nowhere else: the sender's ``WebClient`` must carry no retry handlers
+(``make_web_client(..., retries=False)``). Stacked under this queue, the client's handlers
+multiplied the tries (3 client tries for each of 5 sender attempts: 15, all while the channel's
+lane waits), and they retried a ``chat.postMessage`` that Slack may already have accepted,
+which posts the alert twice. Which failures are retried follows from what Slack can have done:
+
+- HTTP 429 and ``ratelimited`` / ``rate_limited`` / ``message_limit_exceeded`` replies: Slack
+  refused the call. Wait for ``Retry-After`` (or ``default_retry_after``) and retry the same
+  call, keeping the order: a rate limit delays notices but never loses one.
+- The request never reached Slack (urllib's ``URLError``: refused, DNS, failure while
+  connecting or sending): retried with backoff, up to ``max_attempts``, for either method.
+- Slack may have acted (a 5xx or ``internal_error``-like reply, a timeout or reset while waiting
+  for the answer): a ``chat.update`` is retried as above (it sets the message to the same text
+  again, so a repeat is harmless); a ``chat.postMessage`` is NOT, since a second post would be
+  a second alert. It fails with the code and the alert manager posts the alert again on a
+  later check (``failed_retry_after``), where a duplicate stays possible but is one per
+  minute, not one per try.
 - Anything else (``not_in_channel``, ``channel_not_found``, ``is_archived``, ``invalid_blocks``
   ...) fails that call at once: logged once per channel and code, counted, and kept in
   :meth:`SlackSender.health` until the channel works again, for ``status`` and ``/healthz``.
@@ -26,13 +38,16 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.error import URLError
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
+
+from chatbot.slackerrors import error_code, retry_after, status_code
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +62,7 @@ TRANSIENT_ERRORS = frozenset(
 QUEUE_FULL = "queue_full"
 STOPPED = "sender_stopped"
 NETWORK_ERROR = "network_error"
+MAYBE_POSTED_HINT = "not posted again: Slack may have accepted it (no duplicate alerts)"
 
 _HINTS = {
     "not_in_channel": "invite the bot to the channel (/invite @celery-chatops)",
@@ -124,23 +140,12 @@ class _Lane:
     busy: bool = False
 
 
-def _header(headers: Any, name: str) -> str | None:
-    if not isinstance(headers, Mapping):
-        return None
-    for key, value in headers.items():
-        if str(key).lower() == name:
-            if isinstance(value, list | tuple):
-                value = value[0] if value else None
-            return None if value is None else str(value)
-    return None
-
-
 class SlackSender:
     """Paced, retrying delivery of ``chat.postMessage`` / ``chat.update`` calls.
 
     ``client`` is a ``slack_sdk.WebClient`` built by the caller (its ``base_url`` is
-    ``SLACK_API_URL``); give it no rate-limit retry handler of its own, this class waits out
-    rate limits itself, without holding up other channels.
+    ``SLACK_API_URL``) with no retry handlers (``retry_handlers=[]``): this class is the one
+    layer that retries, and waits out rate limits without holding up other channels.
     """
 
     def __init__(
@@ -334,18 +339,19 @@ class SlackSender:
             else:
                 response = self._client.chat_update(**item.arguments)
         except SlackApiError as exc:
-            status = getattr(exc.response, "status_code", None)
-            data = getattr(exc.response, "data", None)
-            code = data.get("error") if isinstance(data, Mapping) else None
-            error = str(code or f"http_{status}")
+            status = status_code(exc)
+            error = error_code(exc) or f"http_{status}"
             if status == 429 or error in RATE_LIMIT_ERRORS:
-                raw = _header(getattr(exc.response, "headers", None), "retry-after")
-                return self._retry_rate_limited(item, error, raw)
-            if (isinstance(status, int) and status >= 500) or error in TRANSIENT_ERRORS:
-                return self._retry_transient(item, error)
+                delay = retry_after(exc.response, self.default_retry_after)
+                return self._retry_rate_limited(item, error, delay)
+            if (status is not None and status >= 500) or error in TRANSIENT_ERRORS:
+                return self._retry_unless_maybe_posted(item, error)
             return self._fail(item, error)
-        except OSError as exc:  # urllib's URLError and socket timeouts are OSErrors
+        except URLError as exc:
+            # urllib raises it only while connecting or sending: Slack never saw the request.
             return self._retry_transient(item, f"{NETWORK_ERROR}: {type(exc).__name__}")
+        except OSError as exc:  # a timeout or reset while waiting for the answer
+            return self._retry_unless_maybe_posted(item, f"{NETWORK_ERROR}: {type(exc).__name__}")
         ts = response.get("ts")
         with self._cond:
             self._sent += 1
@@ -360,11 +366,7 @@ class SlackSender:
             attempts=item.attempts,
         )
 
-    def _retry_rate_limited(self, item: _Item, error: str, raw: str | None) -> SendResult | None:
-        try:
-            delay = float(raw) if raw is not None else self.default_retry_after
-        except ValueError:
-            delay = self.default_retry_after
+    def _retry_rate_limited(self, item: _Item, error: str, delay: float) -> SendResult | None:
         delay = min(max(delay, 0.0), self.max_retry_after)
         with self._cond:
             self._rate_limited += 1
@@ -381,6 +383,14 @@ class SlackSender:
         item.not_before = self._clock() + delay
         return None
 
+    def _retry_unless_maybe_posted(self, item: _Item, error: str) -> SendResult | None:
+        """Slack may have carried out the call: retry an edit, never a post (a duplicate)."""
+        if item.method != POST:
+            return self._retry_transient(item, error)
+        # Logged once per channel and code by _fail, as every refusal is: a flapping Slack
+        # must not flood the log every check.
+        return self._fail(item, error.split(":", 1)[0], MAYBE_POSTED_HINT)
+
     def _retry_transient(self, item: _Item, error: str) -> SendResult | None:
         if item.attempts >= self.max_attempts:
             return self._fail(item, error.split(":", 1)[0])
@@ -395,8 +405,8 @@ class SlackSender:
         item.not_before = self._clock() + delay
         return None
 
-    def _fail(self, item: _Item, error: str) -> SendResult:
-        hint = _HINTS.get(error, "")
+    def _fail(self, item: _Item, error: str, hint: str | None = None) -> SendResult:
+        hint = _HINTS.get(error, "") if hint is None else hint
         with self._cond:
             self._failed += 1
             self._record_failure_locked(item, error, hint)

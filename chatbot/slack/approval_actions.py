@@ -9,7 +9,6 @@ revoke's confirmation updates the card once more when the task-revoked event arr
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from slack_sdk import WebClient
@@ -22,6 +21,8 @@ from chatbot.slack.app import ActionClick, ActionHandler, ActionReply
 
 log = logging.getLogger(__name__)
 
+# How often :meth:`ApprovalActions.sweep_expired` runs: a periodic job on every replica
+# (chatbot/runner.py); expire_due hands each expired request to one sweeper only.
 DEFAULT_EXPIRY_SWEEP = 30.0
 
 
@@ -130,30 +131,3 @@ class AlertButtons:
         if ts is None:
             return ActionReply(message)
         return ActionReply(Message(text=f"Posted `/celery {command}` for approval here."))
-
-
-class ExpirySweeper:
-    """A daemon thread running :meth:`ApprovalActions.sweep_expired` every ``interval`` s."""
-
-    def __init__(self, actions: ApprovalActions, interval: float = DEFAULT_EXPIRY_SWEEP) -> None:
-        self.actions = actions
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="chatops-approval-expiry",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.actions.sweep_expired()
-            except Exception:
-                log.exception("sweeping expired approval requests failed")

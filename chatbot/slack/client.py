@@ -2,17 +2,21 @@
 
 slack_sdk retries only connection resets out of the box: a 429 raises at once, and a 5xx
 from Slack's edge is not retried either. Alerts and approvals must survive both, so every
-client made here retries:
+client made here retries, with slack_sdk's own handlers (``slack_sdk.http_retry``):
 
-* HTTP 429, after the ``Retry-After`` Slack sends (capped, so a long penalty fails fast
-  instead of holding a worker thread for minutes);
-* connection errors (reset, refused, remote disconnect);
-* HTTP 500, 502, 503 and 504 (with backoff).
+* connection errors (reset, refused, remote disconnect): ``ConnectionErrorRetryHandler``, told
+  about refused and aborted connections too;
+* HTTP 500, 502, 503 and 504 with backoff: ``ServerErrorRetryHandler``, widened to the gateway
+  errors of Slack's edge;
+* HTTP 429 after the ``Retry-After`` Slack sends: the one handler of our own, for what the
+  built-in lacks (see :class:`RateLimitRetryHandler`).
+
+The alert sender's client is the exception: it is made with ``retries=False``, because the
+sender alone retries alert posts (see ``chatbot/alerts/sender.py``).
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import time
@@ -22,6 +26,11 @@ from typing import TYPE_CHECKING
 from urllib.error import URLError
 
 from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
 from slack_sdk.http_retry.handler import RetryHandler
 from slack_sdk.http_retry.interval_calculator import RetryIntervalCalculator
@@ -30,6 +39,8 @@ from slack_sdk.http_retry.request import HttpRequest
 from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
+
+from chatbot.slackerrors import retry_after
 
 if TYPE_CHECKING:
     from chatbot.config import Settings
@@ -41,17 +52,22 @@ RETRYABLE_SERVER_STATUSES = frozenset({500, 502, 503, 504})
 # Slack's usual penalties are a few seconds; anything longer is a sign to give up and report.
 DEFAULT_MAX_RATE_LIMIT_WAIT = 30.0
 USER_AGENT_PREFIX = "celery-chatops"
+# The built-in handler's list names ConnectionResetError only; a refused or aborted connection
+# (a restarting proxy) is as worth a retry.
+CONNECTION_ERRORS: list[type[Exception]] = [URLError, ConnectionError, RemoteDisconnected]
 
 
 def _backoff() -> RetryIntervalCalculator:
     return BackoffRetryIntervalCalculator(backoff_factor=0.5, jitter=RandomJitter())
 
 
-class RateLimitRetryHandler(RetryHandler):
-    """Retries HTTP 429 after ``Retry-After`` seconds; gives up when that exceeds ``max_wait``.
+class RateLimitRetryHandler(RateLimitErrorRetryHandler):
+    """slack_sdk's 429 handler, with what it lacks: a cap on the wait, and any ``Retry-After``.
 
-    Unlike slack_sdk's builtin handler it also understands an HTTP-date ``Retry-After`` and
-    a missing or garbled header (then it waits about a second, as Slack's docs suggest).
+    The built-in sleeps ``int(Retry-After)`` however long that is (a worker thread held for
+    minutes) and raises on an HTTP-date value. Here a wait over ``max_wait`` gives up at once,
+    and the header is read by :func:`chatbot.slackerrors.retry_after` (seconds or date; about a
+    second when missing or garbled).
     """
 
     def __init__(self, max_retry_count: int = 2, max_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT):
@@ -66,9 +82,9 @@ class RateLimitRetryHandler(RetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> bool:
-        if response is None or response.status_code != 429:
+        if not super()._can_retry(state=state, request=request, response=response, error=error):
             return False
-        wait = retry_after_seconds(response)
+        wait = retry_after(response)
         if wait > self.max_wait:
             log.warning(
                 "Slack rate limit: Retry-After %gs exceeds %gs; not retrying %s",
@@ -87,15 +103,14 @@ class RateLimitRetryHandler(RetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> None:
-        wait = retry_after_seconds(response) if response is not None else 1.0
         # A little jitter so that replicas penalised together do not retry together.
-        time.sleep(wait + random.random() * 0.5)
+        time.sleep(retry_after(response) + random.random() * 0.5)
         state.next_attempt_requested = True
         state.increment_current_attempt()
 
 
-class ServerErrorRetryHandler(RetryHandler):
-    """Retries 500, 502, 503 and 504 with exponential backoff (slack_sdk's covers 500/503)."""
+class GatewayErrorRetryHandler(ServerErrorRetryHandler):
+    """slack_sdk's 5xx handler (500 and 503) widened to 502 and 504 from Slack's edge."""
 
     def __init__(self, max_retry_count: int = 2) -> None:
         super().__init__(max_retry_count=max_retry_count, interval_calculator=_backoff())
@@ -111,54 +126,18 @@ class ServerErrorRetryHandler(RetryHandler):
         return response is not None and response.status_code in RETRYABLE_SERVER_STATUSES
 
 
-class ConnectionRetryHandler(RetryHandler):
-    """Retries a request that never got an HTTP answer (reset, refused, remote disconnect)."""
-
-    def __init__(self, max_retry_count: int = 2) -> None:
-        super().__init__(max_retry_count=max_retry_count, interval_calculator=_backoff())
-
-    def _can_retry(
-        self,
-        *,
-        state: RetryState,
-        request: HttpRequest,
-        response: HttpResponse | None = None,
-        error: Exception | None = None,
-    ) -> bool:
-        if error is None or response is not None:
-            return False  # an HTTP status is an answer; the other handlers judge it
-        return isinstance(error, URLError | ConnectionError | RemoteDisconnected)
-
-
-def retry_after_seconds(response: HttpResponse) -> float:
-    """``Retry-After`` as seconds (delta or HTTP-date); 1 when missing or unreadable."""
-    raw: str | None = None
-    for name, values in response.headers.items():
-        if name.lower() == "retry-after":
-            raw = values[0] if isinstance(values, list | tuple) and values else str(values)
-            break
-    if raw is None:
-        return 1.0
-    raw = raw.strip()
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return 1.0
-    return max(0.0, when.timestamp() - time.time())
-
-
 def retry_handlers(
     *, max_retries: int = 2, max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT
 ) -> list[RetryHandler]:
     """A fresh set of handlers (they keep no state, but clients must not share a list)."""
     return [
-        ConnectionRetryHandler(max_retry_count=max_retries),
+        ConnectionErrorRetryHandler(
+            max_retry_count=max_retries,
+            interval_calculator=_backoff(),
+            error_types=list(CONNECTION_ERRORS),
+        ),
         RateLimitRetryHandler(max_retry_count=max_retries, max_wait=max_rate_limit_wait),
-        ServerErrorRetryHandler(max_retry_count=max_retries),
+        GatewayErrorRetryHandler(max_retry_count=max_retries),
     ]
 
 
@@ -171,8 +150,18 @@ def make_web_client(
     max_rate_limit_wait: float = DEFAULT_MAX_RATE_LIMIT_WAIT,
     proxy: str | None = None,
     ssl: SSLContext | None = None,
+    retries: bool = True,
 ) -> WebClient:
-    """The bot's Web API client, on ``base_url`` (``SLACK_API_URL``), with retries."""
+    """The bot's Web API client, on ``base_url`` (``SLACK_API_URL``), with retries.
+
+    ``retries=False``: no retry handler at all (an empty list; None would mean slack_sdk's
+    defaults), for a caller that retries by itself, as the alert sender does.
+    """
+    handlers = (
+        retry_handlers(max_retries=max_retries, max_rate_limit_wait=max_rate_limit_wait)
+        if retries
+        else []
+    )
     return WebClient(
         token=token,
         base_url=base_url if base_url.endswith("/") else base_url + "/",
@@ -180,9 +169,7 @@ def make_web_client(
         proxy=proxy,
         ssl=ssl,
         user_agent_prefix=USER_AGENT_PREFIX,
-        retry_handlers=retry_handlers(
-            max_retries=max_retries, max_rate_limit_wait=max_rate_limit_wait
-        ),
+        retry_handlers=handlers,
     )
 
 
