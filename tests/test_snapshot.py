@@ -13,16 +13,10 @@ import pytest
 from chatbot.config import Settings
 from chatbot.model import FAILURE, STARTED
 from chatbot.store import snapshot as snapshot_module
+from chatbot.store.codec import task_from_dict, task_to_dict, worker_from_dict, worker_to_dict
 from chatbot.store.factory import open_stores
 from chatbot.store.memory import MemoryStore
-from chatbot.store.snapshot import (
-    SnapshotWriter,
-    read_snapshot,
-    task_from_dict,
-    task_to_dict,
-    worker_from_dict,
-    worker_to_dict,
-)
+from chatbot.store.snapshot import SnapshotWriter, read_snapshot
 from tests.support import wait_until
 from tests.test_state import T0, new_id, received, run_task, started
 

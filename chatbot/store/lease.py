@@ -34,7 +34,13 @@ from typing import Protocol, runtime_checkable
 
 import redis.exceptions
 
-from chatbot.store.redis import DEFAULT_PREFIX, RedisClient, StoreUnavailable, _client, _guard
+from chatbot.store.redis.connection import (
+    DEFAULT_PREFIX,
+    RedisClient,
+    StoreUnavailable,
+    client_from,
+    guard,
+)
 
 __all__ = ["Lease", "LeaseKeeper", "LeaseLike", "MemoryLease"]
 
@@ -105,7 +111,7 @@ class Lease:
     ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be > 0")
-        self.client, self._owns_client = _client(redis_client_or_url)
+        self.client, self._owns_client = client_from(redis_client_or_url)
         self.name = name
         self.ttl = float(ttl)
         self.key = f"{prefix}:lease:{name}"
@@ -129,7 +135,7 @@ class Lease:
     @property
     def holder(self) -> str | None:
         """The token of the current holder (ours or another replica's), None when free."""
-        with _guard(self.client):
+        with guard(self.client):
             value = self.client.get(self.key)
         if value is None:
             return None
@@ -137,7 +143,7 @@ class Lease:
 
     def try_acquire(self) -> bool:
         """Take the lease if it is free (or already ours, which extends it); sets ``epoch``."""
-        with _guard(self.client):
+        with guard(self.client):
             epoch = int(
                 self._acquire(keys=[self.key, self.epoch_key], args=[self._token, self._ttl_ms])
             )
@@ -147,12 +153,12 @@ class Lease:
 
     def renew(self) -> bool:
         """Extend the lease by a full TTL if we still hold it; False if we do not."""
-        with _guard(self.client):
+        with guard(self.client):
             return bool(self._renew(keys=[self.key], args=[self._token, self._ttl_ms]))
 
     def release(self) -> bool:
         """Give the lease up if we hold it (another replica can take it at once)."""
-        with _guard(self.client):
+        with guard(self.client):
             return bool(self._release(keys=[self.key], args=[self._token]))
 
     def close(self) -> None:

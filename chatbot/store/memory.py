@@ -79,19 +79,30 @@ _EVICTION_ORDER: tuple[tuple[str, ...], ...] = (
     (STARTED,),
 )
 
-_MAX_EVENT_TYPES = 64  # distinct event type names counted; the rest count as "other"
+# Bounds shared with the Redis backend, which mirrors this store and holds the same caps.
+MAX_EVENT_TYPES = 64  # distinct event type names counted; the rest count as "other"
+MAX_FAILURE_TIMES = 100_000  # failure times kept per name for the spike window
+MAX_LABEL_SETS = 20_000  # metric label combinations kept (worker x type x task name)
 _FailureEntry = tuple[float, str, str, str]  # failed at, uuid, exception type, task name
-_MAX_FAILURE_TIMES = 100_000  # failure times kept per name for the spike window
-_MAX_LABEL_SETS = 20_000  # metric label combinations kept (worker x type x task name)
+Sample = tuple[str, float]  # task name, and a failure time or a runtime
 
 
 @dataclass(frozen=True, slots=True)
 class StoreChanges:
+    """What changed since the last :meth:`MemoryStore.drain_changes`.
+
+    ``failures`` and ``runtimes`` are the statistics samples taken by transitions, in order:
+    they outlive the task that produced them, so a copy of the store (Redis) needs them as
+    samples; deriving them from ``tasks`` would lose those of tasks evicted before the drain.
+    """
+
     tasks: list[Task]  # created or changed
     removed: list[str]  # evicted task ids
     workers: list[Worker]
     removed_workers: list[str]
     health: StreamHealth
+    failures: list[Sample]  # (name, failure time) recorded by a transition to FAILURE
+    runtimes: list[Sample]  # (name, runtime) recorded by a transition to SUCCESS
 
 
 class MemoryStore:
@@ -148,6 +159,8 @@ class MemoryStore:
         self._changed: set[str] = set()
         self._removed: set[str] = set()
         self._changed_workers: set[str] = set()
+        self._new_failures: list[Sample] = []
+        self._new_runtimes: list[Sample] = []
 
     # ------------------------------------------------------------------ writing
     def apply(self, events: Iterable[Mapping[str, Any]]) -> int:
@@ -178,7 +191,7 @@ class MemoryStore:
         counts = health.events_by_type
         if kind in counts:
             counts[kind] += 1
-        elif len(counts) < _MAX_EVENT_TYPES:
+        elif len(counts) < MAX_EVENT_TYPES:
             counts[kind] = 1
         else:
             counts["other"] = counts.get("other", 0) + 1
@@ -324,8 +337,12 @@ class MemoryStore:
             name = task.name or "?"
             self._add_failure(name, task)
             self._record_failure(name, ts)
+            if self._track:
+                self._new_failures.append((name, ts))
         elif new == SUCCESS and task.runtime is not None and task.name is not None:
             self._record_runtime(task.name, task.runtime)
+            if self._track:
+                self._new_runtimes.append((task.name, task.runtime))
 
     def _count_event(self, task: Task, kind: str) -> None:
         counters = self._counters
@@ -333,7 +350,7 @@ class MemoryStore:
         events = counters.events
         if key in events:
             events[key] += 1
-        elif len(events) < _MAX_LABEL_SETS:
+        elif len(events) < MAX_LABEL_SETS:
             events[key] = 1
         else:
             counters.labels_dropped += 1
@@ -341,7 +358,7 @@ class MemoryStore:
             hist_key = (task.worker or "", task.name or "")
             histogram = counters.runtimes.get(hist_key)
             if histogram is None:
-                if len(counters.runtimes) >= _MAX_LABEL_SETS:
+                if len(counters.runtimes) >= MAX_LABEL_SETS:
                     counters.labels_dropped += 1
                     return
                 histogram = counters.runtimes[hist_key] = RuntimeHistogram()
@@ -404,8 +421,8 @@ class MemoryStore:
             times = self._failure_times[name] = []
         insort(times, ts)
         horizon = times[-1] - self._failure_horizon
-        if times[0] < horizon or len(times) > _MAX_FAILURE_TIMES:
-            keep_from = max(bisect_left(times, horizon), len(times) - _MAX_FAILURE_TIMES)
+        if times[0] < horizon or len(times) > MAX_FAILURE_TIMES:
+            keep_from = max(bisect_left(times, horizon), len(times) - MAX_FAILURE_TIMES)
             del times[:keep_from]
 
     def _record_runtime(self, name: str, runtime: float) -> None:
@@ -532,13 +549,33 @@ class MemoryStore:
                     gone.append(hostname)
                 else:
                     workers.append(worker.snapshot())
+            failures, self._new_failures = self._new_failures, []
+            runtimes, self._new_runtimes = self._new_runtimes, []
             self._changed.clear()
             self._removed.clear()
             self._changed_workers.clear()
-            return StoreChanges(tasks, removed, workers, gone, self._health.snapshot())
+            return StoreChanges(
+                tasks, removed, workers, gone, self._health.snapshot(), failures, runtimes
+            )
+
+    def all_samples(self) -> tuple[list[Sample], list[Sample]]:
+        """Every retained failure time and runtime sample, to rewrite a copy from scratch.
+
+        The samples not drained yet are among them, so the next :meth:`drain_changes` leaves
+        them out (they would be counted twice).
+        """
+        with self._lock:
+            failures = [(n, ts) for n, times in self._failure_times.items() for ts in times]
+            runtimes = [(n, v) for n, values in self._runtimes.items() for v in values]
+            self._new_failures = []
+            self._new_runtimes = []
+        return failures, runtimes
 
     def load(self, tasks: Iterable[Task], workers: Iterable[Worker]) -> None:
-        """Warm an empty store from stored records (a restart or a failover)."""
+        """Warm an empty store from stored records (a restart or a failover).
+
+        The statistics rebuilt from them are not changes: :meth:`drain_changes` leaves them out.
+        """
         with self._lock:
             for task in sorted(tasks, key=lambda t: t.state_ts):
                 task = task.snapshot()
@@ -701,16 +738,7 @@ class MemoryStore:
         with self._lock:
             samples = self._runtimes.get(name)
             values = sorted(samples) if samples else None
-        if not values:
-            return None
-        return RuntimeStats(
-            name=name,
-            count=len(values),
-            p50=_percentile(values, 0.50),
-            p95=_percentile(values, 0.95),
-            p99=_percentile(values, 0.99),
-            max=values[-1],
-        )
+        return runtime_stats_of(name, values or [])
 
     def task_names(self) -> list[str]:
         with self._lock:
@@ -751,7 +779,21 @@ class MemoryStore:
         return len(self._tasks)
 
 
-def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
+def runtime_stats_of(name: str, sorted_values: Sequence[float]) -> RuntimeStats | None:
+    """Percentiles of one name's runtime samples (ascending); None without a sample."""
+    if not sorted_values:
+        return None
+    return RuntimeStats(
+        name=name,
+        count=len(sorted_values),
+        p50=percentile(sorted_values, 0.50),
+        p95=percentile(sorted_values, 0.95),
+        p99=percentile(sorted_values, 0.99),
+        max=sorted_values[-1],
+    )
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     """Nearest-rank percentile of an ascending sequence."""
     if not sorted_values:
         return 0.0
