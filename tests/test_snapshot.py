@@ -18,7 +18,7 @@ from chatbot.store.factory import open_stores
 from chatbot.store.memory import MemoryStore
 from chatbot.store.snapshot import SnapshotWriter, read_snapshot
 from tests.support import wait_until
-from tests.test_state import T0, new_id, received, run_task, started
+from tests.support.task_events import T0, new_id, received, run_task, started
 
 
 def busy_store() -> tuple[MemoryStore, str]:

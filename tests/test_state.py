@@ -1,430 +1,18 @@
-"""Unit tests of the in-memory store: the state machine fed one Celery event at a time."""
+"""What only the in-memory store has: change tracking for the Redis writer, warm start from
+records, and readers running beside the writer under its one lock.
+
+The behaviour both backends share (event semantics, caps, queries) is the contract in
+``test_store_contract.py``, run over memory and Redis alike.
+"""
 
 from __future__ import annotations
 
-import itertools
 import threading
 from typing import Any
 
-import pytest
-
-from chatbot.model import FAILURE, PENDING, RECEIVED, RETRY, STARTED, SUCCESS, Task
-from chatbot.redaction import WITHHELD
-from chatbot.store import FleetStore
+from chatbot.model import FAILURE, Task
 from chatbot.store.memory import MemoryStore
-
-T0 = 1_700_000_000.0
-_ids = itertools.count()
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def new_id() -> str:
-    return f"{next(_ids):08x}-0000-4000-8000-000000000000"
-
-
-def received(uuid: str, ts: float, name: str = "proj.add", **extra: Any) -> dict[str, Any]:
-    event = {
-        "type": "task-received",
-        "uuid": uuid,
-        "name": name,
-        "args": "(1, 2)",
-        "kwargs": "{}",
-        "retries": 0,
-        "hostname": "w1@host",
-        "timestamp": ts,
-        "local_received": ts,
-    }
-    event.update(extra)
-    return event
-
-
-def started(uuid: str, ts: float, hostname: str = "w1@host") -> dict[str, Any]:
-    return {"type": "task-started", "uuid": uuid, "hostname": hostname, "timestamp": ts}
-
-
-def succeeded(uuid: str, ts: float, runtime: float = 0.5) -> dict[str, Any]:
-    return {
-        "type": "task-succeeded",
-        "uuid": uuid,
-        "result": "3",
-        "runtime": runtime,
-        "hostname": "w1@host",
-        "timestamp": ts,
-    }
-
-
-def failed(uuid: str, ts: float, exc: str = "ValueError('boom')") -> dict[str, Any]:
-    return {
-        "type": "task-failed",
-        "uuid": uuid,
-        "exception": exc,
-        "traceback": 'Traceback (most recent call last):\n  File "t.py", line 1\nValueError: boom',
-        "hostname": "w1@host",
-        "timestamp": ts,
-    }
-
-
-def run_task(store: MemoryStore, ts: float, outcome: str = "ok", name: str = "proj.add") -> str:
-    uuid = new_id()
-    finish = succeeded(uuid, ts + 2) if outcome == "ok" else failed(uuid, ts + 2)
-    store.apply([received(uuid, ts, name=name), started(uuid, ts + 1), finish])
-    return uuid
-
-
-def test_memory_store_satisfies_the_store_interface() -> None:
-    assert isinstance(MemoryStore(), FleetStore)
-
-
-def test_a_task_lifecycle_keeps_every_field() -> None:
-    store = MemoryStore(clock=Clock())
-    uuid = new_id()
-    store.apply(
-        [
-            {
-                "type": "task-sent",
-                "uuid": uuid,
-                "name": "proj.add",
-                "args": "(1, 2)",
-                "kwargs": "{'x': 1}",
-                "queue": "math",
-                "routing_key": "math.add",
-                "root_id": uuid,
-                "parent_id": None,
-                "eta": None,
-                "expires": None,
-                "retries": 0,
-                "hostname": "client@host",
-                "timestamp": T0,
-            },
-            received(uuid, T0 + 1),
-            started(uuid, T0 + 2),
-            succeeded(uuid, T0 + 5, runtime=2.9),
-        ]
-    )
-    task = store.get_task(uuid)
-    assert task is not None
-    assert (task.name, task.state, task.worker) == ("proj.add", SUCCESS, "w1@host")
-    assert (task.args, task.kwargs, task.result) == ("(1, 2)", "{'x': 1}", "3")
-    assert (task.queue, task.routing_key, task.root_id) == ("math", "math.add", uuid)
-    assert (task.sent, task.received, task.started, task.finished) == (T0, T0 + 1, T0 + 2, T0 + 5)
-    assert task.runtime == 2.9
-    # the client's hostname on task-sent is not the worker's
-    assert store.tasks(worker="client@host") == []
-
-
-def test_a_late_started_after_succeeded_does_not_make_the_task_active_again() -> None:
-    store = MemoryStore()
-    uuid = new_id()
-    store.apply([received(uuid, T0), succeeded(uuid, T0 + 3), started(uuid, T0 + 1)])
-    task = store.get_task(uuid)
-    assert task is not None and task.state == SUCCESS
-    assert task.started == T0 + 1  # the late event still fills in its time
-    assert store.active() == []
-
-
-def test_events_in_reverse_order_end_in_the_final_state() -> None:
-    store = MemoryStore()
-    uuid = new_id()
-    store.apply([failed(uuid, T0 + 3), started(uuid, T0 + 1), received(uuid, T0)])
-    task = store.get_task(uuid)
-    assert task is not None
-    assert task.state == FAILURE
-    assert task.name == "proj.add"  # task-failed has no name: it came from task-received
-    assert task.exception == "ValueError('boom')"
-    assert task.exception_type == "ValueError"
-    assert store.count_tasks(state=FAILURE, name="proj.add") == 1
-
-
-def test_duplicated_events_change_nothing() -> None:
-    store = MemoryStore()
-    uuid = new_id()
-    batch = [received(uuid, T0), started(uuid, T0 + 1), succeeded(uuid, T0 + 2)]
-    store.apply(batch)
-    before = store.get_task(uuid)
-    store.apply(batch)
-    assert store.get_task(uuid) == before
-    assert len(store) == 1
-    assert store.runtime_stats("proj.add") is not None
-    assert store.runtime_stats("proj.add").count == 2 - 1  # type: ignore[union-attr]
-
-
-def test_a_retry_moves_forward_to_the_second_attempt_but_a_stale_duplicate_does_not() -> None:
-    store = MemoryStore()
-    uuid = new_id()
-    retried = {
-        "type": "task-retried",
-        "uuid": uuid,
-        "exception": "ConnectionError('db')",
-        "traceback": "tb",
-        "hostname": "w1@host",
-        "timestamp": T0 + 2,
-    }
-    store.apply([received(uuid, T0), started(uuid, T0 + 1), retried])
-    assert store.get_task(uuid).state == RETRY  # type: ignore[union-attr]
-    store.apply([received(uuid, T0 + 5, retries=1), started(uuid, T0 + 6, hostname="w2@host")])
-    task = store.get_task(uuid)
-    assert task is not None
-    assert (task.state, task.retries, task.worker) == (STARTED, 1, "w2@host")
-    assert [t.uuid for t in store.tasks(worker="w2@host")] == [uuid]
-    assert store.tasks(worker="w1@host") == []
-    # the first attempt's received event, delivered again late, does not move it back,
-    # neither its state nor its worker
-    store.apply([received(uuid, T0)])
-    task = store.get_task(uuid)
-    assert task is not None and (task.state, task.worker) == (STARTED, "w2@host")
-    assert [t.uuid for t in store.active(worker="w2@host")] == [uuid]
-    assert store.tasks(worker="w1@host") == []
-
-
-def test_a_requeued_rejection_is_waiting_again_not_finished() -> None:
-    store = MemoryStore()
-    uuid = new_id()
-    store.apply(
-        [
-            received(uuid, T0),
-            {"type": "task-rejected", "uuid": uuid, "requeue": True, "timestamp": T0 + 1},
-        ]
-    )
-    task = store.get_task(uuid)
-    assert task is not None and task.state == PENDING and task.finished is None
-
-
-def test_malformed_events_are_counted_and_dropped() -> None:
-    store = MemoryStore()
-    good = new_id()
-    applied = store.apply(
-        [
-            {"no": "type"},
-            {"type": "task-started"},  # no uuid
-            {"type": "task-started", "uuid": ""},
-            {"type": "task-started", "uuid": new_id(), "timestamp": "yesterday"},
-            {"type": "worker-heartbeat"},  # no hostname
-            {"type": 42},
-            received(good, T0),
-        ]
-    )
-    health = store.health()
-    assert applied == 1
-    assert health.malformed == 6
-    assert health.events_total == 1
-    assert store.get_task(good) is not None
-
-
-def test_cap_evicts_successes_first_then_queued_then_failures_and_running_last() -> None:
-    store = MemoryStore(max_tasks=4)
-    running = new_id()
-    store.apply([received(running, T0), started(running, T0 + 1)])
-    failure = run_task(store, T0 + 2, outcome="fail")
-    queued = new_id()
-    store.apply([received(queued, T0 + 3)])
-    ok1 = run_task(store, T0 + 4)
-    ok2 = run_task(store, T0 + 5)  # over the cap: the oldest success goes
-    assert store.get_task(ok1) is None and store.get_task(ok2) is not None
-    run_task(store, T0 + 6)  # ok2 goes
-    assert store.get_task(ok2) is None
-    assert {running, failure, queued} <= {t.uuid for t in store.tasks(limit=10)}
-    # with no successes left to evict, the queued task goes before the failure
-    store.apply([received(new_id(), T0 + 7)])
-    store.apply([received(new_id(), T0 + 8)])
-    assert store.get_task(queued) is None
-    assert store.get_task(failure) is not None and store.get_task(running) is not None
-    assert len(store) == 4
-    assert store.health().tasks_evicted == 4
-
-
-def test_cap_holds_under_a_flood_and_indexes_stay_consistent() -> None:
-    store = MemoryStore(max_tasks=100)
-    for i in range(1000):
-        run_task(store, T0 + i, outcome="fail" if i % 7 == 0 else "ok", name=f"proj.t{i % 5}")
-    assert len(store) == 100
-    counts = store.counts_by_state()
-    assert sum(counts.values()) == 100
-    # failures are kept in preference to successes: only the newest task (a success that
-    # has not yet had to give way) is not a failure
-    assert counts == {FAILURE: 99, SUCCESS: 1}
-    assert store.tasks(state=SUCCESS)[0].received == T0 + 999
-    for name in ("proj.t0", "proj.t1"):
-        listed = store.tasks(name=name, limit=1000)
-        assert all(t.name == name for t in listed)
-        assert store.count_tasks(name=name) == len(listed)
-
-
-def test_kwargs_named_in_redact_keys_never_reach_the_store() -> None:
-    store = MemoryStore(redact_keys=("password", "token"))
-    plain, nested, cut, in_args = new_id(), new_id(), new_id(), new_id()
-    store.apply(
-        [
-            received(plain, T0, kwargs="{'user': 'bob', 'password': 'hunter2'}"),
-            received(nested, T0, kwargs="{'cfg': {'API_TOKEN': 's3cr3t', 'n': 1}}"),
-            received(cut, T0, kwargs="{'db_password': 'hunter2', 'x': '...'"),  # cut by Celery
-            received(in_args, T0, args="({'password': 'hunter2'}, 5)"),
-        ]
-    )
-    stored = {u: store.get_task(u) for u in (plain, nested, cut, in_args)}
-    assert stored[plain].kwargs == "{'user': 'bob', 'password': '[redacted]'}"  # type: ignore[union-attr]
-    assert stored[nested].kwargs == "{'cfg': {'API_TOKEN': '[redacted]', 'n': 1}}"  # type: ignore[union-attr]
-    assert stored[cut].kwargs == WITHHELD  # type: ignore[union-attr]
-    assert stored[in_args].args == "({'password': '[redacted]'}, 5)"  # type: ignore[union-attr]
-    for task in stored.values():
-        assert "hunter2" not in repr(task) and "s3cr3t" not in repr(task)
-
-
-def test_large_payloads_are_clipped_at_ingest_keeping_the_end_of_a_traceback() -> None:
-    store = MemoryStore()
-    uuid = new_id()
-    frames = "".join(f'  File "mod.py", line {i}, in f{i}\n' for i in range(2000))
-    event = failed(uuid, T0 + 1)
-    event["traceback"] = "Traceback (most recent call last):\n" + frames + "KeyError: 'last'"
-    store.apply([received(uuid, T0, args="(" + "x" * 50_000 + ")"), event])
-    task = store.get_task(uuid)
-    assert task is not None and task.args is not None and task.traceback is not None
-    assert len(task.args) <= 1024 and task.args.endswith("…")
-    assert len(task.traceback) <= 4096
-    assert task.traceback.endswith("KeyError: 'last'")
-
-
-def test_queries_by_state_name_worker_and_since_come_newest_first() -> None:
-    store = MemoryStore()
-    for i in range(10):
-        run_task(store, T0 + 10 * i, outcome="fail" if i % 2 else "ok", name=f"proj.t{i % 3}")
-    failures = store.tasks(state=FAILURE)
-    finished = [t.finished or 0.0 for t in failures]
-    assert finished == sorted(finished, reverse=True)
-    assert len(failures) == 5
-    assert all(t.state == FAILURE for t in failures)
-    recent = store.tasks(state=FAILURE, since=T0 + 50)
-    assert {t.finished for t in recent} == {T0 + 52, T0 + 72, T0 + 92}
-    assert len(store.tasks(limit=3)) == 3
-    assert store.tasks(state=FAILURE, name="proj.t1", limit=50) == [
-        t for t in failures if t.name == "proj.t1"
-    ]
-
-
-def test_active_is_longest_running_first() -> None:
-    store = MemoryStore()
-    ids = [new_id() for _ in range(3)]
-    for offset, uuid in zip((5, 1, 3), ids, strict=True):
-        store.apply([received(uuid, T0), started(uuid, T0 + offset)])
-    assert [t.uuid for t in store.active()] == [ids[1], ids[2], ids[0]]
-    assert store.active(worker="nobody@host") == []
-
-
-def test_failure_window_counts_per_name() -> None:
-    store = MemoryStore()
-    for ts in (T0, T0 + 100, T0 + 250, T0 + 290):
-        run_task(store, ts, outcome="fail", name="proj.flaky")
-    run_task(store, T0 + 280, outcome="fail", name="proj.other")
-    counts = store.failure_counts(window=60, now=T0 + 300)
-    assert counts == {"proj.flaky": 2, "proj.other": 1}
-    recent = store.recent_failures("proj.flaky", window=60, now=T0 + 300)
-    assert [t.finished for t in recent] == [T0 + 292, T0 + 252]
-
-
-def test_runtime_percentiles_per_name() -> None:
-    store = MemoryStore()
-    for i in range(1, 101):
-        uuid = new_id()
-        store.apply(
-            [
-                received(uuid, T0 + i, name="proj.slow"),
-                started(uuid, T0 + i),
-                succeeded(uuid, T0 + i + 1, runtime=float(i)),
-            ]
-        )
-    stats = store.runtime_stats("proj.slow")
-    assert stats is not None
-    assert (stats.count, stats.p50, stats.p95, stats.p99, stats.max) == (100, 50, 95, 99, 100)
-    assert store.runtime_stats("proj.never") is None
-
-
-def test_a_killed_worker_goes_offline_by_heartbeat_expiry() -> None:
-    clock = Clock()
-    store = MemoryStore(clock=clock)
-    store.apply(
-        [
-            {"type": "worker-online", "hostname": "w1@host", "freq": 2.0, "local_received": T0,
-             "sw_ident": "py-celery", "sw_ver": "5.7.0", "sw_sys": "Linux", "timestamp": T0},
-            {"type": "worker-heartbeat", "hostname": "w1@host", "freq": 2.0, "active": 3,
-             "processed": 40, "loadavg": [0.5, 0.4, 0.3], "local_received": T0 + 2,
-             "timestamp": T0 + 2},
-        ]
-    )
-    worker = store.get_worker("w1@host")
-    assert worker is not None
-    assert (worker.active, worker.processed, worker.loadavg) == (3, 40, (0.5, 0.4, 0.3))
-    assert worker.is_online(T0 + 5.9)
-    assert not worker.is_online(T0 + 6.1)  # no worker-offline was ever sent
-    # a stale heartbeat delivered late does not bring it back
-    store.apply([{"type": "worker-heartbeat", "hostname": "w1@host", "local_received": T0 + 1}])
-    assert store.get_worker("w1@host").last_heartbeat == T0 + 2  # type: ignore[union-attr]
-
-
-def test_a_graceful_worker_offline_is_offline_at_once() -> None:
-    store = MemoryStore()
-    store.apply(
-        [
-            {"type": "worker-heartbeat", "hostname": "w1@host", "local_received": T0},
-            {"type": "worker-offline", "hostname": "w1@host", "local_received": T0 + 1},
-        ]
-    )
-    assert not store.get_worker("w1@host").is_online(T0 + 1.5)  # type: ignore[union-attr]
-
-
-def test_workers_are_capped_dropping_the_longest_silent() -> None:
-    store = MemoryStore(max_workers=3)
-    for i in range(5):
-        store.apply(
-            [{"type": "worker-heartbeat", "hostname": f"w{i}@h", "local_received": T0 + i}]
-        )
-    assert [w.hostname for w in store.workers()] == ["w2@h", "w3@h", "w4@h"]
-    assert store.health().workers_evicted == 2
-
-
-def test_worker_info_from_inspect_is_kept() -> None:
-    store = MemoryStore()
-    store.apply([{"type": "worker-heartbeat", "hostname": "w1@host", "local_received": T0}])
-    store.update_worker_info("w1@host", pool="prefork", concurrency=8, queues=["celery", "io"])
-    store.update_worker_info("ghost@host", pool="solo")  # never seen on the stream: ignored
-    worker = store.get_worker("w1@host")
-    assert worker is not None
-    assert (worker.pool, worker.concurrency, worker.queues) == ("prefork", 8, ("celery", "io"))
-    assert store.get_worker("ghost@host") is None
-
-
-def test_freshness_is_the_arrival_time_of_the_newest_event() -> None:
-    clock = Clock(T0 + 100)
-    store = MemoryStore(clock=clock)
-    assert store.health().last_event_at is None
-    store.apply([{"type": "worker-heartbeat", "hostname": "w@h"}])  # no local_received: now
-    assert store.health().last_event_at == T0 + 100
-    assert store.health().events_by_type == {"worker-heartbeat": 1}
-
-
-def test_find_task_ids_by_prefix() -> None:
-    store = MemoryStore()
-    a = "abcdef01-1111-4000-8000-000000000000"
-    b = "abcdef01-2222-4000-8000-000000000000"
-    store.apply([received(a, T0), received(b, T0)])
-    assert store.find_task_ids("abcdef01-1") == [a]
-    assert sorted(store.find_task_ids("abcdef01")) == [a, b]
-    assert store.find_task_ids(a) == [a]
-    assert store.find_task_ids("ffffffff") == []
-
-
-def test_snapshots_are_independent_of_the_store() -> None:
-    store = MemoryStore()
-    uuid = run_task(store, T0)
-    snapshot = store.get_task(uuid)
-    assert snapshot is not None
-    snapshot.state = RECEIVED
-    assert store.get_task(uuid).state == SUCCESS  # type: ignore[union-attr]
+from tests.support.task_events import T0, failed, new_id, received, run_task, started, succeeded
 
 
 def test_readers_never_see_a_half_applied_batch_or_crash_while_a_writer_runs() -> None:
@@ -454,12 +42,6 @@ def test_readers_never_see_a_half_applied_batch_or_crash_while_a_writer_runs() -
     assert len(store) == 500
 
 
-@pytest.mark.parametrize("bad", [0, -1])
-def test_caps_must_be_positive(bad: int) -> None:
-    with pytest.raises(ValueError):
-        MemoryStore(max_tasks=bad)
-
-
 def test_change_tracking_reports_what_a_batch_changed_and_evicted() -> None:
     store = MemoryStore(max_tasks=2, track_changes=True)
     first = run_task(store, T0)
@@ -472,6 +54,43 @@ def test_change_tracking_reports_what_a_batch_changed_and_evicted() -> None:
     assert {t.uuid for t in changes.tasks} == {second, third}
     assert changes.removed == [first]
     assert store.drain_changes().tasks == []
+
+
+def test_changes_carry_the_statistics_samples_their_transitions_took() -> None:
+    store = MemoryStore(max_tasks=1, track_changes=True)
+    ok = run_task(store, T0, name="proj.ok")
+    failure = new_id()
+    store.apply([received(failure, T0 + 10, name="proj.bad"), failed(failure, T0 + 12)])
+    changes = store.drain_changes()
+    # the success was evicted by the failure before this drain: its runtime sample is kept
+    assert changes.removed == [ok]
+    assert changes.runtimes == [("proj.ok", 0.5)]
+    assert changes.failures == [("proj.bad", T0 + 12)]
+    again = store.drain_changes()
+    assert (again.failures, again.runtimes) == ([], [])
+    # a duplicate finish takes no second sample
+    store.apply([failed(failure, T0 + 12)])
+    assert store.drain_changes().failures == []
+
+
+def test_samples_rebuilt_by_load_are_not_changes_but_all_samples_has_them() -> None:
+    original = MemoryStore()
+    run_task(original, T0, name="proj.ok")
+    run_task(original, T0 + 10, outcome="fail", name="proj.bad")
+    warmed = MemoryStore(track_changes=True)
+    warmed.load(original.tasks(limit=10), original.workers())
+    changes = warmed.drain_changes()
+    assert (changes.tasks, changes.failures, changes.runtimes) == ([], [], [])
+    running = new_id()
+    warmed.apply([received(running, T0 + 20), started(running, T0 + 21)])
+    warmed.apply([succeeded(running, T0 + 22, runtime=1.0)])
+    failures, runtimes = warmed.all_samples()
+    assert failures == [("proj.bad", T0 + 12)]
+    assert sorted(runtimes) == [("proj.add", 1.0), ("proj.ok", 0.5)]
+    # what all_samples handed out is not drained a second time; the task change still is
+    changes = warmed.drain_changes()
+    assert (changes.failures, changes.runtimes) == ([], [])
+    assert [t.uuid for t in changes.tasks] == [running]
 
 
 def test_a_store_warmed_from_records_answers_like_the_original() -> None:
@@ -491,56 +110,6 @@ def test_a_store_warmed_from_records_answers_like_the_original() -> None:
     assert warmed.failure_counts(3600, T0 + 40) == original.failure_counts(3600, T0 + 40)
 
 
-def test_a_late_old_failure_does_not_hide_newer_ones_from_window_queries() -> None:
-    store = MemoryStore()
-    newer = [run_task(store, T0 + 1000 + i, outcome="fail", name="proj.f") for i in range(3)]
-    old = run_task(store, T0 - 7200, outcome="fail", name="proj.f")  # arrives last, 2 h old
-    now = T0 + 1100
-    recent = store.recent_failures("proj.f", window=600, now=now)
-    assert [t.uuid for t in recent] == list(reversed(newer))
-    assert [t.uuid for t in store.recent_failures(None, window=600, now=now)] == [
-        t.uuid for t in recent
-    ]
-    assert store.failure_counts(window=600, now=now) == {"proj.f": 3}
-    listed = store.tasks(state=FAILURE, since=now - 600)
-    assert {t.uuid for t in listed} == set(newer)
-    assert store.tasks(state=FAILURE, name="proj.f", limit=10)[-1].uuid == old
-    assert store.count_tasks(state=FAILURE, name="proj.f") == 4
-
-
-def test_a_failure_that_later_succeeds_leaves_the_failure_indexes() -> None:
-    store = MemoryStore()
-    uuid = new_id()
-    store.apply([received(uuid, T0), failed(uuid, T0 + 1), succeeded(uuid, T0 + 2)])
-    assert store.get_task(uuid).state == SUCCESS  # type: ignore[union-attr]
-    assert store.tasks(state=FAILURE) == []
-    assert store.recent_failures(None, window=60, now=T0 + 10) == []
-    assert store.count_tasks(state=FAILURE, name="proj.add") == 0
-
-
-def test_a_client_task_sent_stamped_after_the_worker_started_does_not_requeue_it() -> None:
-    store = MemoryStore()
-    uuid = new_id()
-    sent = {"type": "task-sent", "uuid": uuid, "name": "proj.add", "queue": "celery",
-            "hostname": "client@host", "timestamp": T0 + 0.5}
-    store.apply([received(uuid, T0), started(uuid, T0 + 0.1), sent])
-    task = store.get_task(uuid)
-    assert task is not None and task.state == STARTED
-    assert (task.sent, task.queue) == (T0 + 0.5, "celery")
-    assert [t.uuid for t in store.active()] == [uuid]
-
-
-def test_after_a_retry_the_resent_attempt_is_queued_again() -> None:
-    store = MemoryStore()
-    uuid = new_id()
-    retried = {"type": "task-retried", "uuid": uuid, "exception": "E()", "traceback": "tb",
-               "hostname": "w1@host", "timestamp": T0 + 2}
-    resent = {"type": "task-sent", "uuid": uuid, "name": "proj.add", "retries": 1,
-              "hostname": "w1@host", "timestamp": T0 + 3}
-    store.apply([received(uuid, T0), started(uuid, T0 + 1), retried, resent])
-    assert store.get_task(uuid).state == PENDING  # type: ignore[union-attr]
-
-
 def test_snapshot_copies_every_field() -> None:
     import dataclasses
 
@@ -550,22 +119,3 @@ def test_snapshot_copies_every_field() -> None:
     task = Task(**values)
     copy = task.snapshot()
     assert copy == task and copy is not task
-
-
-def test_failure_summary_counts_everything_in_the_window_and_lists_the_newest() -> None:
-    store = MemoryStore()
-    for i in range(30):
-        uuid = new_id()
-        exc = "ValueError('x')" if i % 3 else "KeyError('k')"
-        store.apply([received(uuid, T0 + i, name=f"proj.t{i % 2}"), failed(uuid, T0 + i + 1,
-                                                                          exc=exc)])
-    summary = store.failure_summary(None, window=20, now=T0 + 31, limit=5)
-    assert summary.total == 20
-    # i = 10..29 are in the window; KeyError where i % 3 == 0
-    assert summary.by_type == {"ValueError": 14, "KeyError": 6}
-    assert summary.by_name == {"proj.t0": 10, "proj.t1": 10}
-    assert [t.finished for t in summary.newest] == [T0 + 30, T0 + 29, T0 + 28, T0 + 27, T0 + 26]
-    one = store.failure_summary("proj.t1", window=20, now=T0 + 31, limit=50)
-    assert one.total == 10 and len(one.newest) == 10
-    assert all(t.name == "proj.t1" for t in one.newest)
-    assert store.failure_summary("proj.none", 20, T0 + 31, 5).total == 0

@@ -1,9 +1,8 @@
-"""The Redis backends against a real (private) Redis.
+"""What only the Redis backends have, against a real (private) Redis: the same answers as
+memory on a random stream, caps and consistency of the keys themselves, key prefixes, restarts,
+replicas, outages, records decided once across processes, and the factory.
 
-The first half runs the state machine's behaviour tests against BOTH backends (the ``backend``
-fixture is parametrised over memory and redis): the Redis store must answer exactly as the
-memory store does. The second half is about what only Redis has: restarts, replicas, caps in
-Redis, key prefixes, outages, records decided once across processes, and the factory.
+The behaviour both backends share is the contract in ``test_store_contract.py``.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import random
 import threading
 import uuid as uuid_module
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,9 +19,8 @@ import redis
 
 from chatbot.config import Settings
 from chatbot.demo.embedded import EmbeddedRedis
-from chatbot.model import FAILURE, PENDING, RECEIVED, RETRY, STARTED, SUCCESS, TASK_STATES
-from chatbot.redaction import WITHHELD
-from chatbot.store import FleetStore, RecordStore
+from chatbot.model import FAILURE, RECEIVED, STARTED, SUCCESS, TASK_STATES
+from chatbot.store import RecordStore
 from chatbot.store.factory import open_stores
 from chatbot.store.memory import MemoryStore
 from chatbot.store.redis import (
@@ -32,45 +30,17 @@ from chatbot.store.redis import (
     StoreUnavailable,
 )
 from tests.support import wait_until
-from tests.test_state import (
+from tests.support.task_events import (
     T0,
     Clock,
     failed,
     new_id,
     received,
+    run_task,
     started,
     succeeded,
 )
 
-
-class Backend:
-    """A store plus ``apply`` that returns once the change is readable (Redis: flushed)."""
-
-    def __init__(self, store: Any, kind: str) -> None:
-        self.store = store
-        self.kind = kind
-
-    def settle(self) -> None:
-        if isinstance(self.store, RedisFleetStore):
-            assert self.store.flush(timeout=30), "the Redis writer did not flush"
-
-    def apply(self, events: list[dict[str, Any]]) -> int:
-        applied = int(self.store.apply(events))
-        self.settle()
-        return applied
-
-    def update_worker_info(self, hostname: str, **info: Any) -> None:
-        self.store.update_worker_info(hostname, **info)
-        self.settle()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.store, name)
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-
-MakeBackend = Callable[..., Backend]
 T = TypeVar("T")
 
 
@@ -79,346 +49,11 @@ def must(value: T | None) -> T:
     return value
 
 
-@pytest.fixture(params=["memory", "redis"])
-def make_backend(request: pytest.FixtureRequest) -> Iterator[MakeBackend]:
-    stores: list[RedisFleetStore] = []
-
-    def make(**options: Any) -> Backend:
-        if request.param == "memory":
-            return Backend(MemoryStore(**options), "memory")
-        url = request.getfixturevalue("redis_url")
-        store = RedisFleetStore(url, **options)
-        stores.append(store)
-        assert store.start_writer(wait=True, timeout=30)
-        return Backend(store, "redis")
-
-    yield make
-    for store in stores:
-        store.close()
-
-
-def run_task(store: Backend, ts: float, outcome: str = "ok", name: str = "proj.add") -> str:
-    uuid = new_id()
-    finish = succeeded(uuid, ts + 2) if outcome == "ok" else failed(uuid, ts + 2)
-    store.apply([received(uuid, ts, name=name), started(uuid, ts + 1), finish])
+def run_task_written(store: RedisFleetStore, ts: float, outcome: str = "ok") -> str:
+    """``run_task``, returning once its events are in Redis."""
+    uuid = run_task(store, ts, outcome)
+    assert store.flush(timeout=30), "the Redis writer did not flush"
     return uuid
-
-
-def new_store(url: str, **options: Any) -> RedisFleetStore:
-    return RedisFleetStore(url, **options)
-
-
-# ---------------------------------------------------------------------------------------------
-# The same behaviour from both backends
-# ---------------------------------------------------------------------------------------------
-def test_both_backends_satisfy_the_store_interface(make_backend: MakeBackend) -> None:
-    assert isinstance(make_backend().store, FleetStore)
-
-
-def test_a_task_lifecycle_keeps_every_field(make_backend: MakeBackend) -> None:
-    store = make_backend(clock=Clock())
-    uuid = new_id()
-    store.apply(
-        [
-            {
-                "type": "task-sent",
-                "uuid": uuid,
-                "name": "proj.add",
-                "args": "(1, 2)",
-                "kwargs": "{'x': 1}",
-                "queue": "math",
-                "routing_key": "math.add",
-                "root_id": uuid,
-                "parent_id": None,
-                "retries": 0,
-                "hostname": "client@host",
-                "timestamp": T0,
-            },
-            received(uuid, T0 + 1),
-            started(uuid, T0 + 2),
-            succeeded(uuid, T0 + 5, runtime=2.9),
-        ]
-    )
-    task = store.get_task(uuid)
-    assert task is not None
-    assert (task.name, task.state, task.worker) == ("proj.add", SUCCESS, "w1@host")
-    assert (task.args, task.kwargs, task.result) == ("(1, 2)", "{'x': 1}", "3")
-    assert (task.queue, task.routing_key, task.root_id) == ("math", "math.add", uuid)
-    assert (task.sent, task.received, task.started, task.finished) == (T0, T0 + 1, T0 + 2, T0 + 5)
-    assert task.runtime == 2.9
-    assert store.tasks(worker="client@host") == []
-
-
-def test_late_and_reversed_events_end_in_the_final_state(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    late, reverse = new_id(), new_id()
-    store.apply([received(late, T0), succeeded(late, T0 + 3), started(late, T0 + 1)])
-    store.apply([failed(reverse, T0 + 3), started(reverse, T0 + 1), received(reverse, T0)])
-    assert store.get_task(late).state == SUCCESS
-    assert store.active() == []
-    task = store.get_task(reverse)
-    assert (task.state, task.name, task.exception_type) == (FAILURE, "proj.add", "ValueError")
-    assert store.count_tasks(state=FAILURE, name="proj.add") == 1
-    assert [t.uuid for t in store.tasks(state=FAILURE, name="proj.add")] == [reverse]
-
-
-def test_a_failure_named_by_a_later_batch_moves_to_its_name(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    uuid = new_id()
-    store.apply([failed(uuid, T0 + 3)])  # task-failed carries no name
-    store.apply([received(uuid, T0, name="proj.late")])
-    assert [t.uuid for t in store.tasks(state=FAILURE, name="proj.late")] == [uuid]
-    assert store.count_tasks(state=FAILURE, name="proj.late") == 1
-    assert store.recent_failures("proj.late", 60, T0 + 10)[0].uuid == uuid
-
-
-def test_duplicated_events_change_nothing(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    uuid = new_id()
-    batch = [received(uuid, T0), started(uuid, T0 + 1), succeeded(uuid, T0 + 2)]
-    store.apply(batch)
-    before = store.get_task(uuid)
-    store.apply(batch)
-    store.apply(batch[::-1])
-    assert store.get_task(uuid) == before
-    assert len(store) == 1
-    assert store.runtime_stats("proj.add").count == 1
-    assert store.counts_by_state() == {SUCCESS: 1}
-
-
-def test_a_retry_moves_forward_but_a_stale_duplicate_does_not(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    uuid = new_id()
-    retried = {
-        "type": "task-retried",
-        "uuid": uuid,
-        "exception": "ConnectionError('db')",
-        "traceback": "tb",
-        "hostname": "w1@host",
-        "timestamp": T0 + 2,
-    }
-    store.apply([received(uuid, T0), started(uuid, T0 + 1), retried])
-    assert store.get_task(uuid).state == RETRY
-    store.apply([received(uuid, T0 + 5, retries=1), started(uuid, T0 + 6, hostname="w2@host")])
-    task = store.get_task(uuid)
-    assert (task.state, task.retries, task.worker) == (STARTED, 1, "w2@host")
-    assert [t.uuid for t in store.tasks(worker="w2@host")] == [uuid]
-    assert store.tasks(worker="w1@host") == []
-    assert [t.uuid for t in store.active(worker="w2@host")] == [uuid]
-    store.apply([received(uuid, T0)])
-    assert store.get_task(uuid).state == STARTED
-
-
-def test_a_requeued_rejection_is_waiting_again(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    uuid = new_id()
-    store.apply(
-        [
-            received(uuid, T0),
-            {"type": "task-rejected", "uuid": uuid, "requeue": True, "timestamp": T0 + 1},
-        ]
-    )
-    task = store.get_task(uuid)
-    assert task.state == PENDING and task.finished is None
-    assert store.count_tasks(state=PENDING) == 1
-
-
-def test_malformed_events_are_counted_and_dropped(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    good = new_id()
-    applied = store.apply(
-        [
-            {"no": "type"},
-            {"type": "task-started"},
-            {"type": "task-started", "uuid": ""},
-            {"type": "task-started", "uuid": new_id(), "timestamp": "yesterday"},
-            {"type": "worker-heartbeat"},
-            {"type": 42},
-            received(good, T0),
-        ]
-    )
-    health = store.health()
-    assert applied == 1
-    assert (health.malformed, health.events_total) == (6, 1)
-    assert store.get_task(good) is not None
-
-
-def test_cap_evicts_by_value_and_the_indexes_follow(make_backend: MakeBackend) -> None:
-    store = make_backend(max_tasks=4)
-    running = new_id()
-    store.apply([received(running, T0), started(running, T0 + 1)])
-    failure = run_task(store, T0 + 2, outcome="fail")
-    queued = new_id()
-    store.apply([received(queued, T0 + 3)])
-    ok1 = run_task(store, T0 + 4)
-    ok2 = run_task(store, T0 + 5)
-    assert store.get_task(ok1) is None and store.get_task(ok2) is not None
-    run_task(store, T0 + 6)
-    assert store.get_task(ok2) is None
-    store.apply([received(new_id(), T0 + 7)])
-    store.apply([received(new_id(), T0 + 8)])
-    assert store.get_task(queued) is None
-    assert store.get_task(failure) is not None and store.get_task(running) is not None
-    assert len(store) == 4
-    assert store.health().tasks_evicted == 4
-    assert store.find_task_ids(queued[:8]) == []
-    assert queued not in {t.uuid for t in store.tasks(limit=100)}
-
-
-def test_cap_holds_under_a_flood(make_backend: MakeBackend) -> None:
-    store = make_backend(max_tasks=100)
-    for i in range(1000):
-        run_task(store, T0 + i, outcome="fail" if i % 7 == 0 else "ok", name=f"proj.t{i % 5}")
-    assert len(store) == 100
-    assert store.counts_by_state() == {FAILURE: 99, SUCCESS: 1}
-    assert store.tasks(state=SUCCESS)[0].received == T0 + 999
-    for name in ("proj.t0", "proj.t1"):
-        listed = store.tasks(name=name, limit=1000)
-        assert all(t.name == name for t in listed)
-        assert store.count_tasks(name=name) == len(listed)
-    # statistics outlive the evicted tasks, as in memory
-    assert store.runtime_stats("proj.t1").count == sum(
-        1 for i in range(1000) if i % 5 == 1 and i % 7 != 0
-    )
-
-
-def test_secrets_are_redacted_and_payloads_clipped_at_ingest(make_backend: MakeBackend) -> None:
-    store = make_backend(redact_keys=("password", "token"))
-    plain, cut, big = new_id(), new_id(), new_id()
-    frames = "".join(f'  File "mod.py", line {i}, in f{i}\n' for i in range(2000))
-    event = failed(big, T0 + 1)
-    event["traceback"] = "Traceback (most recent call last):\n" + frames + "KeyError: 'last'"
-    store.apply(
-        [
-            received(plain, T0, kwargs="{'user': 'bob', 'password': 'hunter2'}"),
-            received(cut, T0, kwargs="{'db_password': 'hunter2', 'x': '...'"),
-            received(big, T0, args="(" + "x" * 50_000 + ")"),
-            event,
-        ]
-    )
-    assert store.get_task(plain).kwargs == "{'user': 'bob', 'password': '[redacted]'}"
-    assert store.get_task(cut).kwargs == WITHHELD
-    task = store.get_task(big)
-    assert len(task.args) <= 1024 and len(task.traceback) <= 4096
-    assert task.traceback.endswith("KeyError: 'last'")
-
-
-def test_queries_come_newest_first(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    for i in range(10):
-        run_task(store, T0 + 10 * i, outcome="fail" if i % 2 else "ok", name=f"proj.t{i % 3}")
-    failures = store.tasks(state=FAILURE)
-    assert [t.finished for t in failures] == [T0 + 92, T0 + 72, T0 + 52, T0 + 32, T0 + 12]
-    assert {t.finished for t in store.tasks(state=FAILURE, since=T0 + 50)} == {
-        T0 + 52,
-        T0 + 72,
-        T0 + 92,
-    }
-    assert len(store.tasks(limit=3)) == 3
-    assert [t.finished for t in store.tasks(limit=2)] == [T0 + 92, T0 + 82]
-    assert store.tasks(state=FAILURE, name="proj.t1", limit=50) == [
-        t for t in failures if t.name == "proj.t1"
-    ]
-    assert store.count_tasks(state=SUCCESS, name="proj.t0") == 2
-    assert store.count_tasks(state=SUCCESS, name="proj.t0", worker="w1@host") == 2
-    assert store.count_tasks(worker="w1@host") == 10
-    assert store.tasks(limit=0) == []
-
-
-def test_active_is_longest_running_first(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    ids = [new_id() for _ in range(3)]
-    for offset, uuid in zip((5, 1, 3), ids, strict=True):
-        store.apply([received(uuid, T0), started(uuid, T0 + offset)])
-    assert [t.uuid for t in store.active()] == [ids[1], ids[2], ids[0]]
-    assert store.active(worker="nobody@host") == []
-
-
-def test_failure_window_and_runtime_percentiles(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    for ts in (T0, T0 + 100, T0 + 250, T0 + 290):
-        run_task(store, ts, outcome="fail", name="proj.flaky")
-    run_task(store, T0 + 280, outcome="fail", name="proj.other")
-    assert store.failure_counts(window=60, now=T0 + 300) == {"proj.flaky": 2, "proj.other": 1}
-    recent = store.recent_failures("proj.flaky", window=60, now=T0 + 300)
-    assert [t.finished for t in recent] == [T0 + 292, T0 + 252]
-    # (memory lists these in the order they failed-as-applied, Redis by time: compare as sets)
-    assert {t.finished for t in store.recent_failures(None, 30, T0 + 300)} == {T0 + 292, T0 + 282}
-    for i in range(1, 101):
-        uuid = new_id()
-        store.apply(
-            [
-                received(uuid, T0 + i, name="proj.slow"),
-                started(uuid, T0 + i),
-                succeeded(uuid, T0 + i + 1, runtime=float(i)),
-            ]
-        )
-    stats = store.runtime_stats("proj.slow")
-    assert (stats.count, stats.p50, stats.p95, stats.p99, stats.max) == (100, 50, 95, 99, 100)
-    assert store.runtime_stats("proj.never") is None
-    assert store.task_names() == ["proj.flaky", "proj.other", "proj.slow"]
-
-
-def test_workers_heartbeats_caps_and_inspect_info(make_backend: MakeBackend) -> None:
-    store = make_backend(max_workers=3)
-    store.apply(
-        [
-            {
-                "type": "worker-online",
-                "hostname": "w1@host",
-                "freq": 2.0,
-                "local_received": T0,
-                "sw_ident": "py-celery",
-                "sw_ver": "5.7.0",
-                "sw_sys": "Linux",
-                "timestamp": T0,
-            },
-            {
-                "type": "worker-heartbeat",
-                "hostname": "w1@host",
-                "freq": 2.0,
-                "active": 3,
-                "processed": 40,
-                "loadavg": [0.5, 0.4, 0.3],
-                "local_received": T0 + 2,
-            },
-        ]
-    )
-    worker = store.get_worker("w1@host")
-    assert (worker.active, worker.processed, worker.loadavg) == (3, 40, (0.5, 0.4, 0.3))
-    assert worker.is_online(T0 + 5.9) and not worker.is_online(T0 + 6.1)
-    store.apply([{"type": "worker-heartbeat", "hostname": "w1@host", "local_received": T0 + 1}])
-    assert store.get_worker("w1@host").last_heartbeat == T0 + 2
-    store.update_worker_info("w1@host", pool="prefork", concurrency=8, queues=["celery", "io"])
-    worker = store.get_worker("w1@host")
-    assert (worker.pool, worker.concurrency, worker.queues) == ("prefork", 8, ("celery", "io"))
-    for i in range(2, 6):
-        store.apply(
-            [{"type": "worker-heartbeat", "hostname": f"w{i}@host", "local_received": T0 + 10 + i}]
-        )
-    assert [w.hostname for w in store.workers()] == ["w3@host", "w4@host", "w5@host"]
-    assert store.get_worker("w1@host") is None
-    assert store.health().workers_evicted == 2
-
-
-def test_find_task_ids_by_prefix(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    a = "abcdef01-1111-4000-8000-000000000000"
-    b = "abcdef01-2222-4000-8000-000000000000"
-    store.apply([received(a, T0), received(b, T0)])
-    assert store.find_task_ids("abcdef01-1") == [a]
-    assert sorted(store.find_task_ids("abcdef01")) == [a, b]
-    assert len(store.find_task_ids("abcdef01", limit=1)) == 1
-    assert store.find_task_ids(a) == [a]
-    assert store.find_task_ids("ffffffff") == []
-
-
-def test_snapshots_are_independent_of_the_store(make_backend: MakeBackend) -> None:
-    store = make_backend()
-    uuid = run_task(store, T0)
-    snapshot = store.get_task(uuid)
-    snapshot.state = RECEIVED
-    assert store.get_task(uuid).state == SUCCESS
 
 
 def _random_stream(seed: int, tasks: int) -> list[dict[str, Any]]:
@@ -736,7 +371,7 @@ def test_an_outage_gives_clear_errors_and_recovers_without_losing_pending_writes
     records = RedisRecordStore(url)
     try:
         store.start_writer(wait=True, timeout=30)
-        before = [run_task(Backend(store, "redis"), T0 + i) for i in range(3)]
+        before = [run_task_written(store, T0 + i) for i in range(3)]
         records.put("approval", "a1", {"status": "pending"})
 
         during = _outage(server, store, records)
@@ -756,7 +391,7 @@ def test_an_outage_gives_clear_errors_and_recovers_without_losing_pending_writes
         if persistent:
             assert records.get("approval", "a1") == {"status": "pending"}
         # and it keeps going
-        after = run_task(Backend(store, "redis"), T0 + 100)
+        after = run_task_written(store, T0 + 100)
         assert must(store.get_task(after)).state == SUCCESS
     finally:
         store.close()
@@ -921,7 +556,7 @@ def test_a_redis_outage_longer_than_the_lease_loses_no_writes_of_the_holder(
         assert stores.keeper is not None and stores.keeper.wait_held(timeout=10)
         fleet = stores.fleet
         assert isinstance(fleet, RedisFleetStore) and fleet.wait_ready(timeout=30)
-        before = run_task(Backend(fleet, "redis"), T0)
+        before = run_task_written(fleet, T0)
 
         server.stop()
         during = new_id()
