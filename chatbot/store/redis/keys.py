@@ -6,8 +6,8 @@ task's latest transition (by state, name, worker, failures by name, all tasks); 
 kept in a lexicographic index for prefix lookup; per-name failure times and runtime samples live
 apart from the records, so they outlive evictions as they do in memory.
 
-The Lua scripts are module constants, registered once per client by :meth:`FleetScripts.register`
-(as redis-py's ``Lock`` keeps its scripts): each call then goes by ``EVALSHA``.
+The Lua scripts are module constants, registered once per client by
+:meth:`FleetScripts.register`: each call then goes by ``EVALSHA``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ __all__ = [
     "score",
 ]
 
-# Separates fields packed into one value: a script argument, a metric label set. It cannot
-# occur in a hostname, an event type or a task name Celery sends.
+# Separates fields packed into one value: a script argument, a metric label set. Celery sends
+# no hostname, event type or task name with it (meta() replaces it should one arrive).
 FIELD_SEP = "\x1f"
 
 

@@ -12,8 +12,8 @@ answers again; if Redis came back *empty* (its marker key is gone), the whole pi
 rewritten.
 
 :class:`FleetWriter` holds the thread's methods; :class:`~chatbot.store.redis.store.RedisFleetStore`
-mixes it in (as redis-py composes its client from command mixins) and owns the state declared
-below.
+mixes it in and owns the state declared below (the lifecycle that sets it up, ``start_writer``
+and ``stop_writer``, and the thread share it under ``_mode_lock``).
 """
 
 from __future__ import annotations
