@@ -1,12 +1,14 @@
-"""/metrics: valid Prometheus text with Flower's names and our queue and health metrics."""
+"""/metrics: valid Prometheus text with Flower's names and our queue and health metrics,
+rendered by prometheus_client from the fleet collector on a private registry."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatbot.metrics import render_metrics
+from chatbot.metrics import fleet_registry, read_fleet
 from chatbot.store.memory import MemoryStore
 
 T0 = 1_700_000_000.0
@@ -41,13 +43,16 @@ def test_metrics_are_valid_prometheus_text_with_flower_names() -> None:
              "timestamp": T0, "local_received": T0},
         ]
     )
-    text = render_metrics(
-        store=store,
-        stream=store.health(),
-        queues=[Queue("celery", 12), Queue("io", None)],
-        now=T0 + 3,
-        extra=[{"slack_errors": {"not_in_channel": 2}}],
+    registry = fleet_registry(
+        lambda: read_fleet(
+            store,
+            stream=store.health(),
+            queues=[Queue("celery", 12), Queue("io", None)],
+            now=T0 + 3,
+            extra=[{"slack_errors": {"not_in_channel": 2}}],
+        )
     )
+    text = generate_latest(registry).decode()
     parsed = families(text)
     events = {(s[1]["worker"], s[1]["type"], s[1]["task"]): s[2] for s in parsed["flower_events"]}
     assert events[("w1@h", "task-succeeded", "proj.add")] == 1

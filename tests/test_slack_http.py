@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from slack_bolt import App, BoltRequest
 from slack_sdk.errors import SlackApiError
 
@@ -337,10 +338,24 @@ def test_metrics_is_prometheus_text(stack: Stack) -> None:
     assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = body.decode()
     assert "# TYPE flower_events_total counter" in text  # the service's
-    assert 'chatops_slack_commands_total{command="failed",answer="ack",outcome="ok"}' in text
-    assert 'chatops_slack_ack_seconds_count{kind="command"}' in text
     for line in text.splitlines():
         assert line.startswith("#") or len(line.split(" ")) >= 2, line
+    # The two registries' texts, joined, are one exposition: every family appears once.
+    types = [line.split(" ")[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)) and "chatops_slack_commands_total" in types
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    commands = {
+        (s.labels["command"], s.labels["answer"], s.labels["outcome"]): s.value
+        for s in families["chatops_slack_commands"].samples
+        if s.name == "chatops_slack_commands_total"
+    }
+    assert commands[("failed", "ack", "ok")] >= 1
+    ack_counts = {
+        s.labels["kind"]: s.value
+        for s in families["chatops_slack_ack_seconds"].samples
+        if s.name == "chatops_slack_ack_seconds_count"
+    }
+    assert ack_counts["command"] >= 1
 
 
 def test_other_paths_and_methods(stack: Stack) -> None:
@@ -562,5 +577,11 @@ def test_slow_commands_are_refused_at_once_when_too_many_are_pending(stack: Stac
         )
     assert response.status == 200
     assert "try again" in json.loads(response.body)["text"]
-    assert "chatops_slack_busy_refusals_total 1" in metrics.text()
+    (refusals,) = (
+        s.value
+        for f in text_string_to_metric_families(metrics.text())
+        for s in f.samples
+        if s.name == "chatops_slack_busy_refusals_total"
+    )
+    assert refusals == 1
     assert stack.api.responses("busy") == []
