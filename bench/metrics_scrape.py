@@ -14,6 +14,7 @@ here asserts; the figures are medians, and the ratio is the one to compare acros
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import statistics
 import subprocess
@@ -80,13 +81,16 @@ def _fill(tasks: int, seed: int) -> tuple[MemoryStore, float]:
     return store, now
 
 
-def _median_ms(run: Callable[[], object], repeat: int) -> float:
-    times = []
+def _medians_ms(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median wall time of each run, taken in turns so that load from the rest of the machine
+    falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
-        started = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - started) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,20 +122,30 @@ def main(argv: list[str] | None = None) -> int:
     samples = sum(len(f.samples) for f in text_string_to_metric_families(text.decode()))
     print(f"exposition: {len(text):,} bytes, {samples:,} samples")
 
-    read_ms = _median_ms(reading, args.repeat)
-    collector_ms = _median_ms(lambda: generate_latest(registry), args.repeat)
-    print(f"read from the store (copies, under its lock): {read_ms:8.1f} ms")
-    print(f"prometheus_client collector, whole scrape:   {collector_ms:8.1f} ms")
+    runs: dict[str, Callable[[], object]] = {
+        "read from the store (copies, under its lock)": reading,
+        "prometheus_client collector, whole scrape": lambda: generate_latest(registry),
+    }
     old = _reference_writer(args.reference)
     if old is not None:
-        old_ms = _median_ms(
-            lambda: old.render_metrics(
-                store=store, stream=stream, queues=queues, now=now
-            ).encode("utf-8"),
-            args.repeat,
+        runs[f"hand-written writer ({args.reference}), whole scrape"] = lambda: (
+            old.render_metrics(store=store, stream=stream, queues=queues, now=now).encode()
         )
-        print(f"hand-written writer ({args.reference}), whole scrape: {old_ms:8.1f} ms")
-        print(f"ratio collector / hand-written: {collector_ms / old_ms:.2f}x")
+    for frozen in (False, True):
+        if frozen:
+            # The retained records out of the collector's reach, as a gc.freeze() at start-up
+            # would put them: what is left is the scrape's own cost, without full collections
+            # of the store's heap set off by the scrape's allocations.
+            gc.collect()
+            gc.freeze()
+            print(f"after gc.freeze() of {gc.get_freeze_count():,} objects:")
+        medians = _medians_ms(runs, args.repeat)
+        for name, ms in medians.items():
+            print(f"  {name:<55} {ms:8.1f} ms")
+        if old is not None:
+            collector_ms, old_ms = list(medians.values())[1:3]
+            print(f"  ratio collector / hand-written: {collector_ms / old_ms:.2f}x")
+    gc.unfreeze()
     return 0
 
 

@@ -151,16 +151,25 @@ def _families(reading: FleetReading | None) -> Iterator[Metric]:
         yield slack_errors
         return
 
+    # The thousands of label sets go in through Metric.add_sample, with the samples
+    # add_metric would make (_total; cumulative _bucket, _count, _sum): add_metric builds
+    # each label dict from zipped lists, which made collect() several times slower.
     counters = reading.counters
+    add_event = events.add_sample
     for (host, kind, task), count in counters.events.items():
-        events.add_metric((host, kind, task), count)
+        add_event("flower_events_total", {"worker": host, "type": kind, "task": task}, count)
+    add_runtime = runtimes.add_sample
     for (host, task), histogram in counters.runtimes.items():
         cumulative = 0
-        buckets: list[tuple[str, float]] = []
         for le, count in zip(_LE, histogram.buckets, strict=True):
             cumulative += count
-            buckets.append((le, cumulative))
-        runtimes.add_metric((host, task), buckets, histogram.total)
+            add_runtime(
+                "flower_task_runtime_seconds_bucket", {"worker": host, "task": task, "le": le},
+                cumulative,
+            )
+        labels = {"worker": host, "task": task}
+        add_runtime("flower_task_runtime_seconds_count", labels, histogram.count)
+        add_runtime("flower_task_runtime_seconds_sum", labels, histogram.total)
     for worker in reading.workers:
         online.add_metric((worker.hostname,), 1 if worker.is_online(reading.now) else 0)
         if worker.active is not None:
