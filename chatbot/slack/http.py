@@ -283,7 +283,7 @@ class HttpServer:
             cleanup_interval=IDLE_CHECK_SECONDS,
         )
         self._thread = threading.Thread(
-            target=self._server.run, name="chatops-http", daemon=True
+            target=self._serve, args=(self._server,), name="chatops-http", daemon=True
         )
         self._thread.start()
         log.info("HTTP listener on %s:%s", self.host, self.port)
@@ -302,7 +302,8 @@ class HttpServer:
            first half of the server's): new connections are refused;
         2. the task dispatcher's ``shutdown`` (what waitress's own ``run`` calls on Ctrl-C)
            waits for the requests being handled and cancels queued ones;
-        3. the loop writes out their responses;
+        3. the loop writes out their responses (we wait, bounded, until no connection holds
+           unsent bytes);
         4. the public ``close()``, then ``wasyncore.close_all`` over our map (what waitress's
            ``MultiSocketServer.close`` does) end the rest: ``run()`` returns on an empty map.
         """
@@ -326,6 +327,13 @@ class HttpServer:
         thread.join(timeout)
         self._server = None
         self._thread = None
+
+    @staticmethod
+    def _serve(server: Any) -> None:
+        try:
+            server.run()  # returns once stop() has emptied the socket map
+        except Exception:
+            log.exception("the HTTP server loop failed")
 
     def __enter__(self) -> HttpServer:
         return self.start()
