@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
+from prometheus_client import generate_latest
 from slack_sdk import WebClient
 
 from chatbot.alerts import AlertManager, AlertScheduler, SlackSender
@@ -28,7 +29,7 @@ from chatbot.config import Settings, redact_url
 from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
 from chatbot.discovery import FIRST_LOOK_AFTER, WorkerDiscovery
-from chatbot.metrics import render_metrics
+from chatbot.metrics import FleetReading, fleet_registry, read_fleet
 from chatbot.model import StreamHealth
 from chatbot.periodic import WRITER, PeriodicJobs
 from chatbot.render import Message, Renderer
@@ -131,6 +132,8 @@ class Service:
         self._queue_lock = threading.Lock()
         # Extra health facts contributed by parts wired on top (alerts sender, Slack).
         self.health_sources: list[Callable[[], dict[str, Any]]] = []
+        # /metrics: the fleet collector on a private prometheus_client registry.
+        self.metrics_registry = fleet_registry(self.fleet_reading)
         # What runs periodically, and on which replica: every job of the process is on this
         # one scheduler, and /healthz shows them all ("periodic"). WRITER jobs run while this
         # replica holds the ingest lease: worker discovery (here), alert checks
@@ -324,11 +327,14 @@ class Service:
             report.update(source())
         return report
 
-    def metrics_text(self) -> str:
-        return render_metrics(
-            store=self.store,
+    def fleet_reading(self) -> FleetReading:
+        return read_fleet(
+            self.store,
             stream=self.stream_health(),
             queues=self.queue_lengths(),
             now=self.clock(),
             extra=[source() for source in self.health_sources],
         )
+
+    def metrics_text(self) -> str:
+        return generate_latest(self.metrics_registry).decode("utf-8")

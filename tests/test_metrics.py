@@ -1,12 +1,16 @@
-"""/metrics: valid Prometheus text with Flower's names and our queue and health metrics."""
+"""/metrics: valid Prometheus text with Flower's names and our queue and health metrics,
+rendered by prometheus_client from the fleet collector on a private registry."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatbot.metrics import render_metrics
+from chatbot.metrics import FleetCollector, FleetReading, fleet_registry, read_fleet
+from chatbot.slack.metrics import SlackMetrics
 from chatbot.store.memory import MemoryStore
 
 T0 = 1_700_000_000.0
@@ -41,13 +45,16 @@ def test_metrics_are_valid_prometheus_text_with_flower_names() -> None:
              "timestamp": T0, "local_received": T0},
         ]
     )
-    text = render_metrics(
-        store=store,
-        stream=store.health(),
-        queues=[Queue("celery", 12), Queue("io", None)],
-        now=T0 + 3,
-        extra=[{"slack_errors": {"not_in_channel": 2}}],
+    registry = fleet_registry(
+        lambda: read_fleet(
+            store,
+            stream=store.health(),
+            queues=[Queue("celery", 12), Queue("io", None)],
+            now=T0 + 3,
+            extra=[{"slack_errors": {"not_in_channel": 2}}],
+        )
     )
+    text = generate_latest(registry).decode()
     parsed = families(text)
     events = {(s[1]["worker"], s[1]["type"], s[1]["task"]): s[2] for s in parsed["flower_events"]}
     assert events[("w1@h", "task-succeeded", "proj.add")] == 1
@@ -70,3 +77,45 @@ def test_metrics_are_valid_prometheus_text_with_flower_names() -> None:
     assert parsed["celery_chatops_events_ingested"][0][2] == 5
     assert parsed["celery_chatops_slack_errors"][0][1] == {"code": "not_in_channel"}
     assert parsed["celery_chatops_last_event_age_seconds"][0][2] == 3
+
+
+def test_the_fleet_collector_owns_its_names_and_shares_a_registry_with_slack_counters() -> None:
+    store = MemoryStore(clock=lambda: T0)
+    store.apply(
+        [
+            {"type": "task-received", "uuid": "a", "name": "proj.add", "hostname": "w1@h",
+             "timestamp": T0, "local_received": T0},
+            {"type": "task-succeeded", "uuid": "a", "runtime": 12.0, "hostname": "w1@h",
+             "timestamp": T0 + 1, "local_received": T0},
+        ]
+    )
+
+    def reading() -> FleetReading:
+        return read_fleet(store, stream=store.health(), now=T0)
+
+    registry = fleet_registry(reading)
+    # describe() names every family, so a second owner of any of them is refused...
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        registry.register(FleetCollector(reading))
+    # ...while the Slack face's counters, whose names differ, fit on the same registry.
+    slack = SlackMetrics(registry)
+    slack.command("status", "ack", "ok")
+    parsed = families(generate_latest(registry).decode())
+    assert parsed["chatops_slack_commands"][0][1:] == (
+        {"command": "status", "answer": "ack", "outcome": "ok"}, 1
+    )
+    runtime = {
+        (s[0], s[1].get("le")): s[2] for s in parsed["flower_task_runtime_seconds"]
+    }
+    # 12 s is past the last bound (10 s): only +Inf counts it; count and sum as Flower's.
+    assert runtime[("flower_task_runtime_seconds_bucket", "10.0")] == 0
+    assert runtime[("flower_task_runtime_seconds_bucket", "+Inf")] == 1
+    assert runtime[("flower_task_runtime_seconds_count", None)] == 1
+    assert runtime[("flower_task_runtime_seconds_sum", None)] == 12.0
+    # No event yet seen by the stream: no age sample, as before.
+    empty = MemoryStore()
+    text = generate_latest(
+        fleet_registry(lambda: read_fleet(empty, stream=empty.health(), now=T0))
+    ).decode()
+    assert "celery_chatops_last_event_age_seconds" not in families(text)
+    assert "celery_chatops_events_ingested" in families(text)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from slack_bolt import App, BoltRequest
 from slack_sdk.errors import SlackApiError
 
@@ -38,6 +39,7 @@ from chatbot.slack import (
     make_web_client,
     run_after_response,
 )
+from chatbot.slack.http import MAX_HEADER_BYTES
 from tests.support import wait_until
 from tests.support.slack_api import Call, MockSlackAPI, validate_blocks
 from tests.support.slack_payloads import (
@@ -356,10 +358,24 @@ def test_metrics_is_prometheus_text(stack: Stack) -> None:
     assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = body.decode()
     assert "# TYPE flower_events_total counter" in text  # the service's
-    assert 'chatops_slack_commands_total{command="failed",answer="ack",outcome="ok"}' in text
-    assert 'chatops_slack_ack_seconds_count{kind="command"}' in text
     for line in text.splitlines():
         assert line.startswith("#") or len(line.split(" ")) >= 2, line
+    # The two registries' texts, joined, are one exposition: every family appears once.
+    types = [line.split(" ")[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)) and "chatops_slack_commands_total" in types
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    commands = {
+        (s.labels["command"], s.labels["answer"], s.labels["outcome"]): s.value
+        for s in families["chatops_slack_commands"].samples
+        if s.name == "chatops_slack_commands_total"
+    }
+    assert commands[("failed", "ack", "ok")] >= 1
+    ack_counts = {
+        s.labels["kind"]: s.value
+        for s in families["chatops_slack_ack_seconds"].samples
+        if s.name == "chatops_slack_ack_seconds_count"
+    }
+    assert ack_counts["command"] >= 1
 
 
 def test_other_paths_and_methods(stack: Stack) -> None:
@@ -570,5 +586,43 @@ def test_slow_commands_are_refused_at_once_when_too_many_are_pending(stack: Stac
         )
     assert response.status == 200
     assert "try again" in json.loads(response.body)["text"]
-    assert "chatops_slack_busy_refusals_total 1" in metrics.text()
+    (refusals,) = (
+        s.value
+        for f in text_string_to_metric_families(metrics.text())
+        for s in f.samples
+        if s.name == "chatops_slack_busy_refusals_total"
+    )
+    assert refusals == 1
     assert stack.api.responses("busy") == []
+
+
+def test_stop_ends_the_server_with_an_idle_keep_alive_connection_open(stack: Stack) -> None:
+    before = set(threading.enumerate())
+    server = HttpServer(None, stack.fleet.service, "127.0.0.1", 0).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as idle:
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        received = b""
+        while b"\r\n\r\n" not in received or not received.endswith(b"}"):
+            received += idle.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200 ")
+        # This server's loop thread and waitress's worker threads.
+        started = {
+            thread
+            for thread in set(threading.enumerate()) - before
+            if thread.name == "chatops-http" or thread.name.startswith("waitress-")
+        }
+        assert any(thread.name == "chatops-http" for thread in started)
+        # The connection stays open and idle: it must not keep the server's loop alive.
+        server.stop()
+        assert [thread for thread in started if thread.is_alive()] == []
+        assert idle.recv(65536) == b""  # closed by the server, not left hanging
+
+
+def test_oversized_headers_are_refused_before_the_app(stack: Stack) -> None:
+    request = urllib.request.Request(
+        stack.server.url + "/healthz", headers={"X-Padding": "a" * (MAX_HEADER_BYTES + 1)}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _opener.open(request, timeout=30)
+    assert refused.value.code == 431
+    assert get(stack.server.url + "/healthz")[0] == 200  # the server still answers
