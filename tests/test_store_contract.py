@@ -340,6 +340,36 @@ def test_kwargs_named_in_redact_keys_never_reach_the_store(make_backend: MakeBac
         assert "hunter2" not in repr(task) and "s3cr3t" not in repr(task)
 
 
+def test_secrets_beyond_kwargs_never_reach_the_store(make_backend: MakeBackend) -> None:
+    # Positional arguments, results, exception text and tracebacks: every form the contract
+    # lists, on both backends (the Redis store holds what the state machine kept).
+    store = make_backend()
+    positional, result, failure = new_id(), new_id(), new_id()
+    ok = succeeded(result, T0 + 2)
+    ok["result"] = "{'password': 'opensesame', 'rows': 3}"
+    bad = failed(failure, T0 + 3, exc="AuthError('api_key=AKIAIOSFODNN7EXAMPLE rejected')")
+    bad["traceback"] = (
+        'Traceback (most recent call last):\n  File "t.py", line 3, in run\n'
+        "    connect('redis://app:dbpass99@db:6379/0')\nAuthError: Bearer tok.en.value bad"
+    )
+    store.apply(
+        [
+            received(positional, T0, args="('password=hunter2', 'xoxb-1234567890-abcdefghij')"),
+            received(result, T0 + 1),
+            ok,
+            received(failure, T0 + 2),
+            bad,
+        ]
+    )
+    stored = [store.get_task(u) for u in (positional, result, failure)]
+    text = repr(stored)
+    for secret in ("hunter2", "xoxb-1234567890", "opensesame", "AKIAIOSFODNN7EXAMPLE",
+                   "dbpass99", "tok.en.value"):  # fmt: skip
+        assert secret not in text, secret
+    assert stored[0] is not None and stored[0].args == "('password=[redacted]', '[redacted]')"
+    assert stored[1] is not None and stored[1].result == "{'password': '[redacted]', 'rows': 3}"
+
+
 def test_large_payloads_are_clipped_at_ingest_keeping_the_end_of_a_traceback(
     make_backend: MakeBackend,
 ) -> None:
