@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chatbot.config import Settings
+from chatbot.slackerrors import error_code
 
 __all__ = [
     "DEFAULT_GROUP_CACHE_TTL",
@@ -80,10 +81,7 @@ class SlackGroupResolver:
 
 
 def _slack_error_text(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    code = None
-    if response is not None and hasattr(response, "get"):
-        code = response.get("error")
+    code = error_code(exc)
     if code:
         return f"usergroups.users.list failed: {code}"
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

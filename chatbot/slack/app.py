@@ -39,6 +39,7 @@ from chatbot.slack.client import make_webhook_client
 from chatbot.slack.home import publish_home
 from chatbot.slack.interfaces import SlackServices
 from chatbot.slack.metrics import SlackMetrics
+from chatbot.slackerrors import error_code
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +440,7 @@ class _SlackFace:
                 channel=channel_id, text=message.text, blocks=message.blocks or None
             )
         except SlackApiError as exc:
-            code = exc.response.get("error") if exc.response is not None else "error"
+            code = error_code(exc) or "error"
             log.warning("could not post %r in %s (%s); answering in place", what, channel_id, code)
             return self._post(response_url, message, replace_original=True, what=what)
         ts = str(response.get("ts") or "")

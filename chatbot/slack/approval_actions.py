@@ -18,6 +18,7 @@ from chatbot.alerts.actions import ALERT_ACTION_IDS, command_for_click
 from chatbot.approvals import APPROVE_ACTION_ID, DENY_ACTION_ID, Approval, ApprovalService
 from chatbot.render import Message
 from chatbot.slack.app import ActionClick, ActionHandler, ActionReply
+from chatbot.slackerrors import error_code
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class ApprovalActions:
                 channel=channel, text=card.text, blocks=card.blocks
             )
         except SlackApiError as exc:
-            code = exc.response.get("error") if exc.response is not None else "error"
+            code = error_code(exc) or "error"
             log.warning("could not post an approval card in %s: %s", channel, code)
             return None
         ts = str(response.get("ts") or "")
@@ -84,7 +85,7 @@ class ApprovalActions:
         try:
             self.client.chat_update(channel=channel, ts=ts, text=card.text, blocks=card.blocks)
         except SlackApiError as exc:
-            code = exc.response.get("error") if exc.response is not None else "error"
+            code = error_code(exc) or "error"
             log.warning("could not update the approval card %s/%s: %s", channel, ts, code)
             return False
         return True
