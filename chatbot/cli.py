@@ -61,8 +61,7 @@ def main(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int
     settings = _settings(args, err)
     if settings is None:
         return EXIT_CONFIG
-    secrets = (settings.slack_bot_token, settings.slack_signing_secret, settings.slack_app_token)
-    setup_logging(settings.log_level, secrets=secrets)
+    setup_logging(settings.log_level, secrets=settings.secret_values)
     try:
         if args.command == "run":
             from chatbot.runner import run

@@ -20,7 +20,12 @@ DEFAULT_REDACT_KEYS = (
     "password,passwd,secret,token,api_key,apikey,authorization,cookie,credentials"
 )
 
-SECRET_KEYS = frozenset({"SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"})
+SECRET_KEYS = frozenset(
+    {"SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "CHATOPS_API_TOKENS"}
+)
+
+# An API token is a password a runbook holds: short ones can be guessed.
+MIN_API_TOKEN_LENGTH = 16
 
 
 class ConfigError(ValueError):
@@ -140,6 +145,35 @@ def _token(prefix: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _api_tokens(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """``U123=TOKEN,U456=TOKEN2``: the Slack user each REST API token acts as.
+
+    Errors name the identity or the position, never the token.
+    """
+    pairs: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for position, item in enumerate(raw.split(","), start=1):
+        item = item.strip()
+        if not item:
+            continue
+        identity, sep, token = (part.strip() for part in item.partition("="))
+        if not sep or not identity:
+            raise ConfigError(f"{name}: entry {position} is not IDENTITY=TOKEN")
+        if not re.match(r"^[UW][A-Z0-9]{2,}$", identity):
+            raise ConfigError(f"{name}: {identity!r} is not a Slack user ID (U...)")
+        if len(token) < MIN_API_TOKEN_LENGTH or any(c.isspace() for c in token):
+            raise ConfigError(
+                f"{name}: the token of {identity} must be at least {MIN_API_TOKEN_LENGTH}"
+                " characters without spaces"
+            )
+        if token in seen:
+            # One token for two identities: which one acted could not be told apart.
+            raise ConfigError(f"{name}: the token of {identity} is also another entry's token")
+        seen.add(token)
+        pairs.append((identity, token))
+    return tuple(pairs)
+
+
 def _log_level(name: str, raw: str) -> str:
     value = raw.strip().upper() or "INFO"
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -248,10 +282,24 @@ class Settings:
     log_level: str = field(
         default="INFO", metadata={"env": "CHATOPS_LOG_LEVEL", "parse": _log_level}
     )
+    # The REST API's credentials: (Slack user ID, token) pairs. Empty: the API is off.
+    api_tokens: tuple[tuple[str, str], ...] = field(
+        default=(), repr=False, metadata={"env": "CHATOPS_API_TOKENS", "parse": _api_tokens}
+    )
 
     @property
     def effective_approvers(self) -> tuple[str, ...]:
         return self.operators if self.approvers is None else self.approvers
+
+    @property
+    def api_enabled(self) -> bool:
+        return bool(self.api_tokens)
+
+    @property
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret's value, for the log scrubber (tokens, signing secret)."""
+        values = (self.slack_bot_token, self.slack_signing_secret, self.slack_app_token)
+        return tuple(v for v in (*values, *(token for _, token in self.api_tokens)) if v)
 
     @property
     def socket_mode(self) -> bool:

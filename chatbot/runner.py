@@ -11,6 +11,7 @@ from typing import TextIO
 from slack_bolt.error import BoltError
 from slack_sdk.errors import SlackApiError
 
+from chatbot.api import ApiServices, ApiWsgiApp, build_api
 from chatbot.config import Settings, redact_url
 from chatbot.console import BANNER, Console
 from chatbot.periodic import EVERY
@@ -115,7 +116,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
         logger.error("Slack refused the bot token (SLACK_BOT_TOKEN): %s", reason)
         executor.shutdown(wait=False)
         return 1
-    server = make_server(app, service, settings, metrics=metrics)
+    server = make_server(app, service, settings, metrics=metrics, api=rest_api(service))
     # On the service's one scheduler (the table of periodic jobs is in chatbot/service.py):
     # every replica takes expired cards' buttons away; each request is expired by one only.
     service.jobs.add(
@@ -137,6 +138,18 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
         service.stop()
         executor.shutdown(wait=False)
     return 0
+
+
+def rest_api(service: Service) -> ApiWsgiApp:
+    """Flower's REST API over the service's store and control (403 until tokens are set)."""
+    services = ApiServices(
+        service.store,
+        service.settings,
+        inspector=service.control,
+        queue_lengths=service.queue_lengths,
+        clock=service.clock,
+    )
+    return build_api(services, service.settings.api_tokens)
 
 
 def wait_for_shutdown_signal() -> None:

@@ -47,11 +47,7 @@ LOCAL_LEASE_WAIT = 5.0
 
 
 def _secrets(settings: Settings) -> tuple[str, ...]:
-    return tuple(
-        s
-        for s in (settings.slack_bot_token, settings.slack_signing_secret, settings.slack_app_token)
-        if s
-    )
+    return settings.secret_values
 
 
 def make_celery_app(settings: Settings) -> Celery:

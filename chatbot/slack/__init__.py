@@ -34,7 +34,7 @@ from chatbot.slack.client import (
     web_client_from_settings,
 )
 from chatbot.slack.home import home_view, publish_home
-from chatbot.slack.http import HttpServer, SlackWsgiApp
+from chatbot.slack.http import HttpServer, MountedApp, SlackWsgiApp
 from chatbot.slack.interfaces import CommandRunner, SlackServices
 from chatbot.slack.metrics import SlackMetrics
 from chatbot.slack.socket_mode import SocketModeRunner
@@ -57,8 +57,10 @@ def make_server(
     settings: Settings,
     *,
     metrics: SlackMetrics | None = None,
+    api: MountedApp | None = None,
 ) -> SlackServer:
-    """Socket Mode when ``SLACK_APP_TOKEN`` is set, else HTTP; both on CHATOPS_HOST/PORT."""
+    """Socket Mode when ``SLACK_APP_TOKEN`` is set, else HTTP; both on CHATOPS_HOST/PORT,
+    with the REST API (``api``) mounted on the same listener."""
     if settings.slack_app_token:
         return SocketModeRunner(
             app,
@@ -67,8 +69,9 @@ def make_server(
             settings.host,
             settings.port,
             metrics=metrics,
+            api=api,
         )
-    return HttpServer(app, services, settings.host, settings.port, metrics=metrics)
+    return HttpServer(app, services, settings.host, settings.port, metrics=metrics, api=api)
 
 
 __all__ = [

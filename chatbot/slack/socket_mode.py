@@ -23,7 +23,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 from chatbot.slack.app import run_after_response
-from chatbot.slack.http import HttpServer
+from chatbot.slack.http import HttpServer, MountedApp
 from chatbot.slack.interfaces import SlackServices
 from chatbot.slack.metrics import SlackMetrics
 
@@ -87,13 +87,16 @@ class SocketModeRunner:
         disconnected_grace: float = DEFAULT_DISCONNECTED_GRACE,
         concurrency: int = DEFAULT_CONCURRENCY,
         clock: Callable[[], float] = time.monotonic,
+        api: MountedApp | None = None,
     ) -> None:
         if not app_token.startswith("xapp-"):
             raise ValueError("SLACK_APP_TOKEN must be an app-level token (xapp-...)")
         self.app = app
         self.services = services
         self.handler = AckReportingSocketModeHandler(app, app_token, concurrency=concurrency)
-        self.http = HttpServer(None, services, host, port, metrics=metrics, health=self.health)
+        self.http = HttpServer(
+            None, services, host, port, metrics=metrics, health=self.health, api=api
+        )
         self.disconnected_grace = disconnected_grace
         self._clock = clock
         self._lock = threading.Lock()

@@ -1,0 +1,407 @@
+"""The read endpoints: Flower 2.2's task and worker listings, served from the store.
+
+Each handler takes :class:`~chatbot.api.core.ApiServices` and the typed request; its
+declaration (in :data:`READ_ENDPOINTS`) is what the dispatcher parses arguments by and what
+``/api/openapi.json`` says. Differences from Flower are deliberate and listed in the README
+("Using it from runbooks"): ``/api/tasks`` answers a bounded page by default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chatbot.api.core import ApiServices
+from chatbot.api.search import QuerySyntaxError, compile_query
+from chatbot.api.serializers import TASK_SCHEMA, task_dict
+from chatbot.api.spec import ApiError, ApiRequest, ApiResponse, Endpoint, Param, Reply
+from chatbot.model import FAILURE, FINISHED_STATES, REJECTED, SUCCESS, Task
+
+__all__ = ["DEFAULT_TASK_LIMIT", "ERRORS", "READ_ENDPOINTS", "resolve_name", "resolve_worker"]
+
+# Flower lists every retained task when no limit is given (~3 s for 100,000, measured in the
+# research notes); a runbook that wants more asks for it.
+DEFAULT_TASK_LIMIT = 100
+# A limit beyond this is the same as "all": the store never holds more.
+_LIMIT_CEILING = 10_000_000
+SORT_KEYS = ("name", "state", "received", "started")
+MAX_RESULT_WAIT = 30.0
+RESULT_POLL = 0.1
+DEFAULT_FAILED_WINDOW = 3600.0
+DEFAULT_FAILED_LIMIT = 20
+# Celery's READY_STATES: a result exists for these.
+_READY = frozenset({SUCCESS, FAILURE, "REVOKED"})
+
+ERRORS: dict[int, Reply] = {
+    400: Reply("invalid query parameters"),
+    401: Reply("no or wrong credential"),
+    403: Reply("the API is off, or the caller may not do this"),
+    404: Reply("unknown task, worker or path"),
+    405: Reply("method not allowed"),
+}
+
+TASK_MAP_SCHEMA = {"type": "object", "additionalProperties": TASK_SCHEMA}
+
+
+def _json(body: Any, status: int = 200) -> ApiResponse:
+    return ApiResponse(status, body)
+
+
+def resolve_name(svc: ApiServices, raw: str) -> str | None:
+    """A seen task name matching ``raw`` exactly or case-insensitively (Flower's match)."""
+    names = svc.store.task_names()
+    if raw in names:
+        return raw
+    folded = raw.casefold()
+    return next((n for n in names if n.casefold() == folded), None)
+
+
+def resolve_worker(svc: ApiServices, raw: str) -> str | None:
+    """A known worker hostname matching ``raw`` exactly or case-insensitively."""
+    if svc.store.get_worker(raw) is not None:
+        return raw
+    folded = raw.casefold()
+    return next((w.hostname for w in svc.store.workers() if w.hostname.casefold() == folded), None)
+
+
+def _local_time(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        # Flower reads these as local time (time.mktime of the parsed value).
+        return time.mktime(dt.datetime.strptime(raw, "%Y-%m-%d %H:%M").timetuple())
+    except (ValueError, OverflowError):
+        raise ApiError(
+            400, "Invalid received_start or received_end, expected format 'YYYY-MM-DD HH:MM'"
+        ) from None
+
+
+def _sort_key(field: str) -> Callable[[Task], tuple[Any, ...]]:
+    def key(task: Task) -> tuple[Any, ...]:
+        value = getattr(task, field)
+        if value is None:
+            return (False, "", task.uuid)
+        return (True, value.casefold() if isinstance(value, str) else value, task.uuid)
+
+    return key
+
+
+# -- handlers ------------------------------------------------------------------------------------
+def healthcheck(_svc: ApiServices, _req: ApiRequest) -> ApiResponse:
+    return ApiResponse(200, "OK")
+
+
+def openapi(svc: ApiServices, _req: ApiRequest) -> ApiResponse:
+    return _json(svc.openapi)
+
+
+def list_tasks(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    limit = req["limit"]
+    offset = max(0, req["offset"])
+    limit = DEFAULT_TASK_LIMIT if limit is None else max(0, min(limit, _LIMIT_CEILING))
+    sort_by: str | None = req["sort_by"]
+    if sort_by and sort_by.lstrip("-") not in SORT_KEYS:
+        raise ApiError(
+            400, f"Invalid sort_by '{sort_by}', expected one of {', '.join(sorted(SORT_KEYS))}"
+        )
+    state = req["state"]
+    state = None if not state or state == "All" else state.upper()
+    name = req["taskname"]
+    worker = req["workername"]
+    try:
+        matches = compile_query(req["search"]) if req["search"] else None
+    except QuerySyntaxError as exc:
+        raise ApiError(400, str(exc), {"error": str(exc)}) from None
+    start = _local_time(req["received_start"])
+    end = _local_time(req["received_end"])
+    if name and name != "All":
+        name = resolve_name(svc, name)
+        if name is None:
+            return _json({})
+    else:
+        name = None
+    if worker and worker != "All":
+        worker = resolve_worker(svc, worker)
+        if worker is None:
+            return _json({})
+    else:
+        worker = None
+    if limit == 0:
+        return _json({})
+    store = svc.store
+    if matches is None and start is None and end is None and not sort_by:
+        # The store's own order (newest transition first) and its indexes: one page read.
+        page = store.tasks(state=state, name=name, worker=worker, limit=offset + limit)[offset:]
+    else:
+        total = store.count_tasks(state=state, name=name, worker=worker)
+        found = store.tasks(state=state, name=name, worker=worker, limit=max(total, 1))
+        if matches is not None:
+            found = [t for t in found if matches(t)]
+        if start is not None or end is not None:
+            found = [t for t in found if _received_between(t, start, end)]
+        if sort_by:
+            found.sort(key=_sort_key(sort_by.lstrip("-")), reverse=sort_by.startswith("-"))
+        else:
+            found.sort(key=lambda t: (t.state_ts, t.uuid), reverse=True)
+        page = found[offset : offset + limit]
+    return _json({task.uuid: task_dict(task) for task in page})
+
+
+def _received_between(task: Task, start: float | None, end: float | None) -> bool:
+    received = task.received
+    if start is not None and received is not None and received < start:
+        return False
+    return end is None or received is None or received <= end
+
+
+def task_info(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    task = svc.store.get_task(req["uuid"])
+    if task is None:
+        raise ApiError(404, f"Unknown task '{req['uuid']}'")
+    return _json(task_dict(task))
+
+
+def task_types(svc: ApiServices, _req: ApiRequest) -> ApiResponse:
+    return _json({"task-types": svc.store.task_names()})
+
+
+def task_result(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    """The state (and result) as the events tell it: Flower reads the result backend."""
+    timeout = req["timeout"]
+    if timeout is not None and timeout < 0:
+        raise ApiError(400, "Invalid timeout: must be >= 0")
+    task_id: str = req["uuid"]
+    task = svc.store.get_task(task_id)
+    if timeout:
+        deadline = time.monotonic() + min(timeout, MAX_RESULT_WAIT)
+        while (task is None or task.state not in _READY) and time.monotonic() < deadline:
+            time.sleep(RESULT_POLL)
+            task = svc.store.get_task(task_id)
+    # Celery answers PENDING for an id it knows nothing about; so do we.
+    body: dict[str, Any] = {"task-id": task_id, "state": task.state if task else "PENDING"}
+    if task is not None and task.state in _READY:
+        if task.state == FAILURE:
+            body.update(result=task.exception, traceback=task.traceback)
+        else:
+            body["result"] = task.result if task.state == SUCCESS else task.exception
+    return _json(body)
+
+
+def list_workers(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    workername: str | None = req["workername"]
+    cache = svc.workers
+    if req["refresh"] or not cache.refreshed:
+        try:
+            cache.refresh(workername)
+        except Exception as exc:
+            raise ApiError(503, f"Failed to update workers: {str(exc)[:300]}") from None
+    if req["status"]:
+        now = svc.clock()
+        return _json({w.hostname: w.is_online(now) for w in svc.store.workers()})
+    known = cache.snapshot()
+    if workername and workername not in known and svc.store.get_worker(workername) is not None:
+        # Seen in the events but not inspected yet: ask it once before saying "unknown".
+        try:
+            cache.refresh(workername)
+        except Exception as exc:
+            raise ApiError(503, f"Failed to update workers: {str(exc)[:300]}") from None
+        known = cache.snapshot()
+    if workername:
+        if workername not in known:
+            raise ApiError(404, f"Unknown worker '{workername}'")
+        return _json({workername: known[workername]})
+    return _json(known)
+
+
+def queue_lengths(svc: ApiServices, _req: ApiRequest) -> ApiResponse:
+    if svc.queue_lengths is None:
+        raise ApiError(404, "The broker's queue lengths are not available")
+    rows: list[dict[str, Any]] = []
+    for queue in svc.queue_lengths():
+        row: dict[str, Any] = {"name": queue.name, "messages": queue.messages}
+        if queue.consumers is not None:
+            row["consumers"] = queue.consumers
+        rows.append(row)
+    return _json({"active_queues": rows})
+
+
+def failed_tasks(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    """Failures in a window, counted by exception type and by task name as `/celery failed`
+    groups them, with the newest as Flower task dicts."""
+    window: float = req["since"]
+    if window <= 0:
+        raise ApiError(400, "Invalid since: must be > 0 seconds")
+    limit = max(0, min(req["limit"], _LIMIT_CEILING))
+    name = None
+    if req["taskname"]:
+        name = resolve_name(svc, req["taskname"])
+        if name is None:
+            raise ApiError(404, f"Unknown task '{req['taskname']}'")
+    summary = svc.store.failure_summary(name, window, svc.clock(), limit)
+    return _json(
+        {
+            "since": window,
+            "total": summary.total,
+            "by_exception": dict(sorted(summary.by_type.items(), key=lambda kv: -kv[1])),
+            "by_name": dict(sorted(summary.by_name.items(), key=lambda kv: -kv[1])),
+            "tasks": {task.uuid: task_dict(task) for task in summary.newest},
+        }
+    )
+
+
+# -- declarations --------------------------------------------------------------------------------
+_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+_STATES = ("All", "PENDING", "RECEIVED", "STARTED", "RETRY", *sorted(FINISHED_STATES - {REJECTED}))
+
+READ_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "GET", "/healthcheck", "healthcheck", "Liveness: always OK while the listener answers",
+        healthcheck, {200: Reply("OK")}, access="public",
+    ),
+    Endpoint(
+        "GET", "/api/openapi.json", "openapi", "This description (OpenAPI 3.1)", openapi,
+        {200: Reply("the OpenAPI document", {"type": "object"}), **ERRORS}, tag="chatops",
+    ),
+    Endpoint(
+        "GET", "/api/tasks", "list_tasks", "List tasks, newest first, keyed by uuid",
+        list_tasks,
+        {200: Reply("tasks keyed by uuid", TASK_MAP_SCHEMA), **ERRORS},
+        params=(
+            Param("limit", "integer", description=f"maximum number of tasks (default"
+                  f" {DEFAULT_TASK_LIMIT}; Flower: all)"),
+            Param("offset", "integer", default=0, description="skip the first N tasks"),
+            Param("sort_by", description="name, state, received or started; prefix - for"
+                  " descending", enum=(*SORT_KEYS, *(f"-{k}" for k in SORT_KEYS))),
+            Param("workername", description="only this worker's tasks"),
+            Param("taskname", description="only tasks of this name"),
+            Param("state", description="only tasks in this state, any case (All: any state):"
+                  f" {', '.join(_STATES)}"),
+            Param("received_start", description="received after, 'YYYY-MM-DD HH:MM' local"),
+            Param("received_end", description="received before, 'YYYY-MM-DD HH:MM' local"),
+            Param("search", description="Flower's search syntax: words, name:, state:,"
+                  " worker:, args:, kwargs:, result:, quotes, AND, OR, parentheses"),
+        ),
+    ),
+    Endpoint(
+        "GET", "/api/task/info/{uuid}", "task_info", "One task", task_info,
+        {200: Reply("the task", TASK_SCHEMA), **ERRORS},
+        params=(Param("uuid", where="path", required=True, description="task id"),),
+    ),
+    Endpoint(
+        "GET", "/api/task/types", "task_types", "Task names seen", task_types,
+        {
+            200: Reply(
+                "names",
+                {
+                    "type": "object",
+                    "required": ["task-types"],
+                    "properties": {"task-types": {"type": "array", "items": {"type": "string"}}},
+                },
+            ),
+            **ERRORS,
+        },
+    ),
+    Endpoint(
+        "GET", "/api/task/result/{uuid}", "task_result",
+        "A task's state and result, as its events reported them", task_result,
+        {
+            200: Reply(
+                "state and result",
+                {
+                    "type": "object",
+                    "required": ["task-id", "state"],
+                    "properties": {
+                        "task-id": {"type": "string"},
+                        "state": {"type": "string"},
+                        "result": {"type": ["string", "null"]},
+                        "traceback": {"type": ["string", "null"]},
+                    },
+                },
+            ),
+            **ERRORS,
+        },
+        params=(
+            Param("uuid", where="path", required=True, description="task id"),
+            Param("timeout", "number", description=f"wait up to this many seconds (at most"
+                  f" {MAX_RESULT_WAIT:g}) for the task to finish"),
+        ),
+    ),
+    Endpoint(
+        "GET", "/api/workers", "list_workers", "Workers, as their inspect replies describe them",
+        list_workers,
+        {
+            200: Reply(
+                "worker name -> inspect replies (or, with status, -> online)",
+                {"type": "object", "additionalProperties": {"type": ["object", "boolean"]}},
+            ),
+            503: Reply("the workers could not be asked"),
+            **ERRORS,
+        },
+        params=(
+            Param("refresh", "boolean", default=False, description="inspect the workers now"),
+            Param("workername", description="only this worker (adds its task lists)"),
+            Param("status", "boolean", default=False, description="only online or not, from"
+                  " heartbeats"),
+        ),
+    ),
+    Endpoint(
+        "GET", "/api/queues/length", "queue_lengths", "Messages waiting in each watched queue",
+        queue_lengths,
+        {
+            200: Reply(
+                "queues",
+                {
+                    "type": "object",
+                    "required": ["active_queues"],
+                    "properties": {
+                        "active_queues": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "messages"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "messages": {"type": ["integer", "null"]},
+                                    "consumers": {"type": "integer"},
+                                },
+                            },
+                        }
+                    },
+                },
+            ),
+            **ERRORS,
+        },
+    ),
+    Endpoint(
+        "GET", "/api/tasks/failed", "failed_tasks",
+        "Failures in a window, counted by exception and by name, as /celery failed groups them",
+        failed_tasks,
+        {
+            200: Reply(
+                "failures",
+                {
+                    "type": "object",
+                    "required": ["since", "total", "by_exception", "by_name", "tasks"],
+                    "properties": {
+                        "since": {"type": "number"},
+                        "total": {"type": "integer"},
+                        "by_exception": _COUNTS,
+                        "by_name": _COUNTS,
+                        "tasks": TASK_MAP_SCHEMA,
+                    },
+                },
+            ),
+            **ERRORS,
+        },
+        params=(
+            Param("since", "number", default=DEFAULT_FAILED_WINDOW, description="window in"
+                  " seconds"),
+            Param("taskname", description="only failures of this task name"),
+            Param("limit", "integer", default=DEFAULT_FAILED_LIMIT, description="newest"
+                  " failures listed"),
+        ),
+        tag="chatops",
+    ),
+)  # fmt: skip
