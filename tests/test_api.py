@@ -177,6 +177,7 @@ def test_running_task_is_listed_by_state_started_in_flowers_shape(fleet: Fleet) 
     task = wait_until(
         lambda: _listed(bot, "?state=STARTED", task_id), timeout=30, what="listed as STARTED"
     )
+    assert task is not None
     assert list(task) == list(TASK_FIELDS)
     assert task["uuid"] == task_id and task["name"] == HANG and task["state"] == "STARTED"
     assert task["worker"] == fleet.worker.hostname
