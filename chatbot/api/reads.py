@@ -136,17 +136,44 @@ def list_tasks(svc: ApiServices, req: ApiRequest) -> ApiResponse:
         page = store.tasks(state=state, name=name, worker=worker, limit=offset + limit)[offset:]
     else:
         total = store.count_tasks(state=state, name=name, worker=worker)
-        found = store.tasks(state=state, name=name, worker=worker, limit=max(total, 1))
-        if matches is not None:
-            found = [t for t in found if matches(t)]
-        if start is not None or end is not None:
-            found = [t for t in found if _received_between(t, start, end)]
+
+        def keep(task: Task) -> bool:
+            if not _received_between(task, start, end):
+                return False
+            return matches is None or matches(task)
+
         if sort_by:
+            found = [
+                t
+                for t in store.tasks(state=state, name=name, worker=worker, limit=max(total, 1))
+                if keep(t)
+            ]
             found.sort(key=_sort_key(sort_by.lstrip("-")), reverse=sort_by.startswith("-"))
         else:
-            found.sort(key=lambda t: (t.state_ts, t.uuid), reverse=True)
+            found = _newest_matching(svc, state, name, worker, total, offset + limit, keep)
         page = found[offset : offset + limit]
     return _json({task.uuid: task_dict(task) for task in page})
+
+
+def _newest_matching(
+    svc: ApiServices,
+    state: str | None,
+    name: str | None,
+    worker: str | None,
+    total: int,
+    wanted: int,
+    keep: Callable[[Task], bool],
+) -> list[Task]:
+    """The newest ``wanted`` tasks ``keep`` accepts: read the store's newest-first pages,
+    four times bigger each round, until enough match or every candidate was read."""
+    read = min(total, max(4 * wanted, 256))
+    while True:
+        page = svc.store.tasks(state=state, name=name, worker=worker, limit=max(read, 1))
+        found = [t for t in page if keep(t)]
+        if len(found) >= wanted or read >= total:
+            found.sort(key=lambda t: (t.state_ts, t.uuid), reverse=True)
+            return found
+        read = min(total, read * 4)
 
 
 def _received_between(task: Task, start: float | None, end: float | None) -> bool:

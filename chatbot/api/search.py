@@ -168,9 +168,9 @@ def _text(value: object) -> str:
     return "" if value is None else str(value).casefold()
 
 
-def _all_text(task: Task) -> str:
+def _anywhere(task: Task, wanted: str) -> bool:
     values = (task.uuid, task.name, task.state, task.worker, task.args, task.kwargs, task.result)
-    return "\x00".join(_text(v) for v in values)
+    return any(wanted in _text(value) for value in values)
 
 
 def _kwargs_pairs(kwargs: str | None) -> frozenset[str]:
@@ -211,7 +211,7 @@ def _term(token: _Token) -> Predicate:
             token.position,
         )
     if field is None:
-        return lambda task: wanted in _all_text(task)
+        return lambda task: _anywhere(task, wanted)
     name = field
     return lambda task: wanted in _text(getattr(task, name))
 
