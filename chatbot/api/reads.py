@@ -294,7 +294,19 @@ READ_ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "GET", "/api/tasks", "list_tasks", "List tasks, newest first, keyed by uuid",
         list_tasks,
-        {200: Reply("tasks keyed by uuid", TASK_MAP_SCHEMA), **ERRORS},
+        {
+            200: Reply("tasks keyed by uuid", TASK_MAP_SCHEMA),
+            **ERRORS,
+            400: Reply(
+                "invalid query parameters; a bad search is {'error': reason}",
+                {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+                or_text=True,
+            ),
+        },
         params=(
             Param("limit", "integer", description=f"maximum number of tasks (default"
                   f" {DEFAULT_TASK_LIMIT}; Flower: all)"),

@@ -63,14 +63,21 @@ class Param:
 
 @dataclass(frozen=True)
 class Reply:
-    """One declared response: JSON with ``schema``, or plain text when ``schema`` is None."""
+    """One declared response: JSON with ``schema``, or plain text when ``schema`` is None;
+    ``or_text``: JSON or plain text (Flower's ``/api/tasks`` 400s are both)."""
 
     description: str
     schema: Mapping[str, Any] | None = None
+    or_text: bool = False
 
-    @property
-    def content_type(self) -> str:
-        return JSON if self.schema is not None else PLAIN
+    def content(self) -> dict[str, Any]:
+        """The OpenAPI ``content`` object."""
+        content: dict[str, Any] = {}
+        if self.schema is not None:
+            content[JSON] = {"schema": dict(self.schema)}
+        if self.schema is None or self.or_text:
+            content[PLAIN.split(";")[0]] = {"schema": {"type": "string"}}
+        return content
 
 
 @dataclass(frozen=True)
@@ -207,16 +214,7 @@ def openapi_document(
                 for p in endpoint.params
             ],
             "responses": {
-                str(status): {
-                    "description": reply.description,
-                    "content": {
-                        reply.content_type.split(";")[0]: {
-                            "schema": dict(reply.schema)
-                            if reply.schema is not None
-                            else {"type": "string"}
-                        }
-                    },
-                }
+                str(status): {"description": reply.description, "content": reply.content()}
                 for status, reply in sorted(endpoint.responses.items())
             },
         }
