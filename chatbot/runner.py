@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
 
 from slack_bolt.error import BoltError
 from slack_sdk.errors import SlackApiError
@@ -116,7 +116,8 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
         logger.error("Slack refused the bot token (SLACK_BOT_TOKEN): %s", reason)
         executor.shutdown(wait=False)
         return 1
-    server = make_server(app, service, settings, metrics=metrics, api=rest_api(service))
+    api = rest_api(service, approval_actions.post_card)
+    server = make_server(app, service, settings, metrics=metrics, api=api)
     # On the service's one scheduler (the table of periodic jobs is in chatbot/service.py):
     # every replica takes expired cards' buttons away; each request is expired by one only.
     service.jobs.add(
@@ -140,14 +141,28 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     return 0
 
 
-def rest_api(service: Service) -> ApiWsgiApp:
-    """Flower's REST API over the service's store and control (403 until tokens are set)."""
+def rest_api(
+    service: Service, post_card: Callable[[str, Message], str | None] | None
+) -> ApiWsgiApp:
+    """Flower's REST API over the service's store, control and approvals (403 until
+    ``CHATOPS_API_TOKENS`` is set); ``post_card`` posts an approval card as the app."""
+    app = service.app
+
+    def publish(
+        name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> str:
+        return str(app.send_task(name, args=args, kwargs=kwargs, **options).id)
+
     services = ApiServices(
         service.store,
         service.settings,
         inspector=service.control,
         queue_lengths=service.queue_lengths,
         clock=service.clock,
+        approvals=service.approvals,
+        post_card=post_card,
+        publish=publish,
+        audit=service.audit,
     )
     return build_api(services, service.settings.api_tokens)
 

@@ -3,6 +3,7 @@
 - :mod:`chatbot.api.spec`: endpoint declarations, argument parsing, the OpenAPI document;
 - :mod:`chatbot.api.core`: the transport-free dispatcher and what handlers may use;
 - :mod:`chatbot.api.reads`: task and worker listings from the store;
+- :mod:`chatbot.api.control`: control endpoints through the approval service;
 - :mod:`chatbot.api.serializers`: Flower-shaped JSON of the store's records;
 - :mod:`chatbot.api.search`: Flower's task-search syntax;
 - :mod:`chatbot.api.credentials`: ``CHATOPS_API_TOKENS``;
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from chatbot import __version__
+from chatbot.api.control import CONTROL_ENDPOINTS
 from chatbot.api.core import ApiCore, ApiServices
 from chatbot.api.credentials import TokenBook
 from chatbot.api.reads import READ_ENDPOINTS
@@ -28,7 +30,7 @@ from chatbot.api.wsgi import ApiWsgiApp
 
 __all__ = ["ENDPOINTS", "ApiCore", "ApiServices", "ApiWsgiApp", "build_api", "describe"]
 
-ENDPOINTS: tuple[Endpoint, ...] = READ_ENDPOINTS
+ENDPOINTS: tuple[Endpoint, ...] = READ_ENDPOINTS + CONTROL_ENDPOINTS
 
 DESCRIPTION = (
     "Flower 2.2's REST API, served by celery-chatops from its event-fed store: the same paths,"

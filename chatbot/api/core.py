@@ -20,8 +20,11 @@ from typing import Any
 
 from chatbot.api.credentials import TokenBook
 from chatbot.api.spec import ApiError, ApiRequest, ApiResponse, Endpoint, parse_params
+from chatbot.approvals import ApprovalService
+from chatbot.audit import AuditLog
 from chatbot.commands.context import FleetInspector, QueueLengthInfo
 from chatbot.config import Settings
+from chatbot.render import Message
 from chatbot.store import FleetStore
 
 __all__ = ["API_OFF", "ApiCore", "ApiServices", "WorkerInfoCache"]
@@ -113,6 +116,12 @@ class ApiServices:
     inspector: FleetInspector | None = None
     queue_lengths: Callable[[], Sequence[QueueLengthInfo]] | None = None
     clock: Callable[[], float] = time.time
+    # Control: the approval service, where its cards are posted (channel, card) -> ts or None,
+    # how a task is sent (name, args, kwargs, options) -> task id, and the audit trail.
+    approvals: ApprovalService | None = None
+    post_card: Callable[[str, Message], str | None] | None = None
+    publish: Callable[[str, list[Any], dict[str, Any], dict[str, Any]], str] | None = None
+    audit: AuditLog | None = None
     workers: WorkerInfoCache = field(init=False)
     # The OpenAPI document, set by ApiCore (it is generated from the same table).
     openapi: dict[str, Any] = field(default_factory=dict)

@@ -43,6 +43,7 @@ from chatbot.commands.registry import CommandSpec, Registry
 from chatbot.control import validate_rate, validate_signal
 from chatbot.model import FINISHED_STATES, PENDING, RECEIVED, RETRY, STARTED, Task
 from chatbot.render import Message
+from chatbot.store import FleetStore
 
 __all__ = [
     "CONTROL_COMMANDS",
@@ -50,6 +51,8 @@ __all__ = [
     "MAX_LISTED_IDS",
     "MAX_POOL_STEP",
     "MAX_TIME_LIMIT",
+    "UNFINISHED_STATES",
+    "bulk_targets",
     "register_control_commands",
 ]
 
@@ -125,14 +128,17 @@ def _optional_worker(ctx: CommandContext, raw: str | None) -> str | None:
     return resolve_worker(ctx, raw) if raw else None
 
 
-def _bulk_targets(ctx: CommandContext, name: str, state: str | None) -> list[Task]:
-    """Every retained task of ``name`` in ``state`` (default: not finished), running first."""
+def bulk_targets(store: FleetStore, name: str, state: str | None) -> list[Task]:
+    """Every retained task of ``name`` in ``state`` (default: not finished), running first.
+
+    What ``revoke --name`` acts on; the REST API's bulk revoke takes the same.
+    """
     states = (state,) if state else UNFINISHED_STATES
     found: list[Task] = []
     for wanted in states:
-        count = ctx.store.count_tasks(state=wanted, name=name)
+        count = store.count_tasks(state=wanted, name=name)
         if count:
-            found.extend(ctx.store.tasks(state=wanted, name=name, limit=count))
+            found.extend(store.tasks(state=wanted, name=name, limit=count))
     rank = {s: i for i, s in enumerate(UNFINISHED_STATES)}
     found.sort(key=lambda t: (rank.get(t.state, len(rank)), t.started or t.state_ts))
     return list({t.uuid: t for t in found}.values())
@@ -227,7 +233,7 @@ class ControlCommands:
             task_name = _known_task_name(ctx, name)
             if state in FINISHED_STATES:
                 raise UsageError(f"tasks in state {state} have finished: nothing to revoke")
-            tasks = _bulk_targets(ctx, task_name, state)
+            tasks = bulk_targets(ctx.store, task_name, state)
             which = f"state {state}" if state else "queued or running"
             if not tasks:
                 raise UsageError(

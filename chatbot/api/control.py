@@ -1,0 +1,643 @@
+"""The control endpoints: Flower's, plus a bulk revoke, through the bot's approval service.
+
+Each call goes the way a ``/celery`` control command goes, in this order:
+
+1. may this identity control? (``ApprovalService.authorize_request``: operators only, the
+   refusal audited; nothing is broadcast) -> 403;
+2. are the targets real and the values sane? (the store: workers and task names seen; the
+   commands' bounds) -> 404 / 400;
+3. ``ApprovalService.submit``: an action in ``CHATOPS_APPROVAL_REQUIRED`` becomes a pending
+   approval whose card is posted in ``CHATOPS_ALERT_CHANNEL`` -> 202 with its ``status_url``;
+   any other runs at once -> Flower's answer, from what the workers replied.
+
+Requests carry ``"api"`` as their channel, so every audit line of the approval says where it
+came from, beside the identity. ``send-task`` publishes a message rather than controlling
+workers: operators only, audited here, never through an approval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from chatbot.api.core import ApiServices
+from chatbot.api.reads import ERRORS, resolve_name, resolve_worker
+from chatbot.api.serializers import MESSAGE_SCHEMA
+from chatbot.api.spec import ApiError, ApiRequest, ApiResponse, Endpoint, Param, Reply
+from chatbot.approvals import (
+    PREVIEW_LIMIT,
+    Approval,
+    ControlAction,
+    PermissionDenied,
+    StateStoreUnavailable,
+)
+from chatbot.audit import AuditEntry
+from chatbot.commands.control import (
+    MAX_AUTOSCALE,
+    MAX_POOL_STEP,
+    MAX_TIME_LIMIT,
+    bulk_targets,
+)
+from chatbot.control import validate_rate, validate_signal
+from chatbot.model import FINISHED_STATES
+
+__all__ = ["API_CHANNEL", "CONTROL_ENDPOINTS", "approval_view"]
+
+logger = logging.getLogger(__name__)
+
+# The "channel" an API request is made in: what the audit lines name as its origin.
+API_CHANNEL = "api"
+# send-task options passed to Celery's send_task (Flower passes every key; these are the ones
+# that only route or time the message).
+SEND_OPTIONS = {"queue": str, "routing_key": str, "countdown": float, "expires": float,
+                "priority": int}  # fmt: skip
+
+
+def _message(text: str, status: int = 200) -> ApiResponse:
+    return ApiResponse(status, {"message": text})
+
+
+def _require(svc: ApiServices) -> Any:
+    if svc.approvals is None:
+        raise ApiError(503, "Control is not available: the bot has no approval service")
+    return svc.approvals
+
+
+def _authorize(svc: ApiServices, req: ApiRequest, command: str, targets: list[str]) -> None:
+    decision = _require(svc).authorize_request(
+        req.identity, command=command, channel=API_CHANNEL, targets=targets
+    )
+    if not decision.allowed:
+        raise ApiError(403, decision.reason)
+
+
+def _known_worker(svc: ApiServices, raw: str) -> str:
+    found = resolve_worker(svc, raw)
+    if found is None:
+        raise ApiError(404, f"Unknown worker '{raw}'")
+    return found
+
+
+def _known_task(svc: ApiServices, raw: str) -> str:
+    found = resolve_name(svc, raw)
+    if found is None:
+        raise ApiError(404, f"Unknown task '{raw}'")
+    return found
+
+
+def _between(label: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise ApiError(400, f"{label} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _submit(
+    svc: ApiServices,
+    req: ApiRequest,
+    build: Callable[[], ControlAction],
+    done: Callable[[Approval], ApiResponse],
+) -> ApiResponse:
+    """Build (400 on a bad value), submit, and answer 202 or what ``done`` makes of it."""
+    approvals = _require(svc)
+    try:
+        action = build()
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    alert_channel = svc.settings.alert_channel
+    if approvals.needs_approval(action) and (not alert_channel or svc.post_card is None):
+        raise ApiError(
+            403,
+            f"{action.command} needs an approval, and CHATOPS_ALERT_CHANNEL is not set:"
+            " there is nowhere to ask for it",
+        )
+    try:
+        approval = approvals.submit(action, req.identity, API_CHANNEL)
+    except PermissionDenied as exc:  # lost the permission between the two checks
+        raise ApiError(403, str(exc)) from None
+    except StateStoreUnavailable as exc:
+        raise ApiError(503, f"Not requested: {exc}") from None
+    if not approval.pending:
+        return done(approval)
+    card = approvals.card(approval)
+    via = f"Requested through the REST API by <@{req.identity}>"
+    note = {"type": "context", "elements": [{"type": "mrkdwn", "text": via}]}
+    assert svc.post_card is not None and alert_channel
+    ts = svc.post_card(alert_channel, dataclasses.replace(card, blocks=[*card.blocks, note]))
+    if ts is None:
+        raise ApiError(
+            503,
+            f"Requested ({approval.id}), but the approval card could not be posted in"
+            f" {alert_channel}; the request expires unanswered",
+        )
+    return ApiResponse(
+        202,
+        {
+            "approval_id": approval.id,
+            "status_url": f"/api/approvals/{approval.id}",
+            "message": f"Waiting for approval in {alert_channel}: {action.summary()}",
+        },
+    )
+
+
+def _worker_answer(
+    approval: Approval, worker: str, ok: Callable[[str], str], failed: Callable[[str], str]
+) -> ApiResponse:
+    """Flower's answer to a one-worker command: 200 with ``ok(reply)``, 403 with the reason."""
+    outcome = approval.outcome
+    if outcome is None or outcome.error is not None:
+        raise ApiError(503, f"Broker unavailable: {outcome.error if outcome else 'not sent'}")
+    reply = next((r for r in outcome.replies if r.worker == worker), None)
+    if reply is not None and reply.status in ("ok", "sent"):
+        return _message(ok(reply.message))
+    return ApiResponse(403, failed(reply.message if reply is not None else "Unknown reason"))
+
+
+# -- handlers ------------------------------------------------------------------------------------
+def revoke(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    task_id: str = req["uuid"]
+    _authorize(svc, req, "revoke", [task_id])
+    signal = _signal(req["signal"])
+
+    def done(approval: Approval) -> ApiResponse:
+        outcome = approval.outcome
+        if outcome is not None and outcome.error is not None:
+            raise ApiError(503, f"Broker unavailable: {outcome.error}")
+        # Flower's revoke is fire-and-forget: it says "Revoked" once the broadcast went out.
+        return _message(f"Revoked '{task_id}'")
+
+    return _submit(
+        svc,
+        req,
+        lambda: ControlAction.revoke(
+            [task_id], store=svc.store, now=svc.clock(), terminate=req["terminate"], signal=signal
+        ),
+        done,
+    )
+
+
+def _signal(raw: str) -> str:
+    try:
+        return validate_signal(raw)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def revoke_by_name(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    raw_name: str = req["taskname"]
+    _authorize(svc, req, "revoke", [raw_name])
+    name = _known_task(svc, raw_name)
+    state = (req["state"] or "").upper() or None
+    if state in FINISHED_STATES:
+        raise ApiError(400, f"tasks in state {state} have finished: nothing to revoke")
+    signal = _signal(req["signal"])
+    tasks = bulk_targets(svc.store, name, state)
+    if not tasks:
+        which = f"in state {state}" if state else "queued or running"
+        raise ApiError(404, f"No retained {name} task is {which}: nothing to revoke")
+    ids = [task.uuid for task in tasks]
+
+    def done(approval: Approval) -> ApiResponse:
+        outcome = approval.outcome
+        if outcome is not None and outcome.error is not None:
+            raise ApiError(503, f"Broker unavailable: {outcome.error}")
+        return ApiResponse(200, {"message": f"Revoked {len(ids)} tasks", "revoked": ids})
+
+    selector = f"name {name}, " + (f"state {state}" if state else "queued or running")
+    return _submit(
+        svc,
+        req,
+        lambda: ControlAction.revoke(
+            ids,
+            store=svc.store,
+            now=svc.clock(),
+            terminate=req["terminate"],
+            signal=signal,
+            selector=selector,
+            preview_limit=PREVIEW_LIMIT,
+        ),
+        done,
+    )
+
+
+def _pool(grow: bool) -> Callable[[ApiServices, ApiRequest], ApiResponse]:
+    verb, gerund = ("grow", "Growing") if grow else ("shrink", "Shrinking")
+
+    def handler(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+        raw: str = req["workername"]
+        _authorize(svc, req, "pool", [raw])
+        worker = _known_worker(svc, raw)
+        n = _between("n", req["n"], 1, MAX_POOL_STEP)
+        return _submit(
+            svc,
+            req,
+            lambda: ControlAction.pool(worker, grow=grow, n=n),
+            lambda approval: _worker_answer(
+                approval,
+                worker,
+                lambda _ok: f"{gerund} '{worker}' worker's pool by {n}",
+                lambda why: f"Failed to {verb} '{worker}' worker's pool: {why}",
+            ),
+        )
+
+    return handler
+
+
+def autoscale(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    raw: str = req["workername"]
+    _authorize(svc, req, "autoscale", [raw])
+    worker = _known_worker(svc, raw)
+    low = _between("min", req["min"], 0, MAX_AUTOSCALE)
+    high = _between("max", req["max"], 1, MAX_AUTOSCALE)
+    if low > high:
+        raise ApiError(400, f"min ({low}) must not exceed max ({high})")
+    return _submit(
+        svc,
+        req,
+        lambda: ControlAction.autoscale(worker, max=high, min=low),
+        lambda approval: _worker_answer(
+            approval,
+            worker,
+            lambda _ok: f"Autoscaling '{worker}' worker (min={low}, max={high})",
+            lambda why: f"Failed to autoscale '{worker}' worker: {why}",
+        ),
+    )
+
+
+def _consumer(add: bool) -> Callable[[ApiServices, ApiRequest], ApiResponse]:
+    def handler(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+        raw: str = req["workername"]
+        _authorize(svc, req, "consumer", [raw])
+        worker = _known_worker(svc, raw)
+        queue: str = req["queue"]
+        failed = (
+            f"Failed to add '{queue}' consumer to '{worker}' worker"
+            if add
+            else f"Failed to cancel '{queue}' consumer from '{worker}' worker"
+        )
+        return _submit(
+            svc,
+            req,
+            lambda: ControlAction.consumer(queue, add=add, worker=worker),
+            # Flower answers with the worker's own words ("add consumer bulk").
+            lambda approval: _worker_answer(
+                approval, worker, lambda ok: ok, lambda why: f"{failed}: {why}"
+            ),
+        )
+
+    return handler
+
+
+def shutdown(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    raw: str = req["workername"]
+    _authorize(svc, req, "shutdown", [raw])
+    worker = _known_worker(svc, raw)
+    return _submit(
+        svc,
+        req,
+        lambda: ControlAction.shutdown(worker),
+        lambda approval: _worker_answer(
+            approval, worker, lambda _ok: "Shutting down!", lambda why: f"Failed: {why}"
+        ),
+    )
+
+
+def rate_limit(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    raw: str = req["taskname"]
+    _authorize(svc, req, "rate-limit", [raw])
+    name = _known_task(svc, raw)
+    worker = _known_worker(svc, req["workername"])
+    try:
+        rate = validate_rate(req["ratelimit"])
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return _submit(
+        svc,
+        req,
+        lambda: ControlAction.rate_limit(name, rate, worker),
+        lambda approval: _worker_answer(
+            approval, worker, lambda ok: ok, lambda why: f"Failed to set rate limit: '{why}'"
+        ),
+    )
+
+
+def time_limit(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    raw: str = req["taskname"]
+    _authorize(svc, req, "time-limit", [raw])
+    name = _known_task(svc, raw)
+    worker = _known_worker(svc, req["workername"])
+    soft, hard = req["soft"], req["hard"]
+    if soft is None or hard is None:
+        # The bot's time-limit action sets both (as `/celery time-limit` does).
+        raise ApiError(400, "Missing argument " + ("soft" if soft is None else "hard"))
+    for label, value in (("soft", soft), ("hard", hard)):
+        if not 0 < value <= MAX_TIME_LIMIT:
+            raise ApiError(400, f"{label} must be more than 0 and at most {MAX_TIME_LIMIT:g}s")
+    if soft > hard:
+        raise ApiError(400, f"soft ({soft:g}s) must not exceed hard ({hard:g}s)")
+    return _submit(
+        svc,
+        req,
+        lambda: ControlAction.time_limit(name, soft, hard, worker),
+        lambda approval: _worker_answer(
+            approval, worker, lambda ok: ok, lambda why: f"Failed to set timeouts: '{why}'"
+        ),
+    )
+
+
+def send_task(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    name: str = req["taskname"]
+    _authorize(svc, req, "send-task", [name])
+    if svc.publish is None:
+        raise ApiError(503, "Sending tasks is not available: no broker connection")
+    body = req.body if req.body is not None else {}
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid options")
+    args = body.get("args", [])
+    kwargs = body.get("kwargs", {})
+    if not isinstance(args, list):
+        raise ApiError(400, "args must be an array")
+    if not isinstance(kwargs, dict):
+        raise ApiError(400, "kwargs must be an object")
+    options = _send_options({k: v for k, v in body.items() if k not in ("args", "kwargs")})
+    try:
+        task_id = svc.publish(name, args, kwargs, options)
+        result = "ok"
+    except Exception as exc:
+        logger.warning("send-task %s failed: %s", name, type(exc).__name__)
+        _audit_send(svc, req, name, options, "error", f"{type(exc).__name__}")
+        raise ApiError(503, "Broker unavailable: the task was not sent") from None
+    _audit_send(svc, req, name, options, result, "", task_id)
+    return ApiResponse(200, {"task-id": task_id})
+
+
+def _send_options(raw: Mapping[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "timeout":
+            continue  # apply's wait; send-task never waits
+        kind = SEND_OPTIONS.get(key)
+        if kind is None:
+            supported = ", ".join(SEND_OPTIONS)
+            raise ApiError(400, f"Unsupported option '{key}' (supported: {supported})")
+        try:
+            if kind is str and not isinstance(value, str):
+                raise TypeError
+            options[key] = kind(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ApiError(400, f"Invalid option '{key}'") from None
+    return options
+
+
+def _audit_send(
+    svc: ApiServices,
+    req: ApiRequest,
+    name: str,
+    options: Mapping[str, Any],
+    result: str,
+    reason: str,
+    task_id: str = "",
+) -> None:
+    if svc.audit is None:
+        return
+    svc.audit.record(
+        AuditEntry(
+            step="request",
+            who=req.identity,
+            action="send_task",
+            result=result,
+            time=svc.clock(),
+            targets=(name,),
+            parameters=dict(options),
+            channel=API_CHANNEL,
+            reason=reason,
+            details={"task_id": task_id} if task_id else {},
+        )
+    )
+
+
+def approval_view(approval: Approval) -> dict[str, Any]:
+    """What ``GET /api/approvals/<id>`` answers: the state and what the workers said."""
+    outcome = approval.outcome
+    confirmation = approval.confirmation
+    return {
+        "approval_id": approval.id,
+        "status": approval.status,
+        "action": approval.action.summary(),
+        "kind": approval.action.kind,
+        "targets": list(approval.action.targets),
+        "requester": approval.requester,
+        "requested_at": approval.requested_at,
+        "expires_at": approval.expires_at,
+        "decided_by": approval.decided_by,
+        "decided_at": approval.decided_at,
+        "outcome": None
+        if outcome is None
+        else {
+            "result": outcome.result,
+            "error": outcome.error,
+            "replies": [
+                {"worker": r.worker, "status": r.status, "message": r.message}
+                for r in outcome.replies
+            ],
+        },
+        "confirmation": None if confirmation is None else confirmation.as_dict(),
+    }
+
+
+def get_approval(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    approvals = _require(svc)
+    try:
+        approval = approvals.get(req["approval_id"])
+    except StateStoreUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    if approval is None:
+        raise ApiError(404, f"Unknown approval '{req['approval_id']}'")
+    return ApiResponse(200, approval_view(approval))
+
+
+# -- declarations --------------------------------------------------------------------------------
+_CONTROL_REPLIES: dict[int, Reply] = {
+    200: Reply("done; the workers' answer", MESSAGE_SCHEMA),
+    202: Reply(
+        "waiting for an approval in CHATOPS_ALERT_CHANNEL",
+        {
+            "type": "object",
+            "required": ["approval_id", "status_url"],
+            "properties": {
+                "approval_id": {"type": "string"},
+                "status_url": {"type": "string"},
+                "message": {"type": "string"},
+            },
+        },
+    ),
+    **ERRORS,
+    503: Reply("the broker, the state store or Slack could not be reached"),
+}
+_WORKER = Param("workername", where="path", required=True, description="worker hostname")
+_TASKNAME = Param("taskname", where="path", required=True, description="task name")
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+
+CONTROL_ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST", "/api/task/revoke/{uuid}", "revoke_task", "Revoke a task", revoke,
+        _CONTROL_REPLIES,
+        params=(
+            Param("uuid", where="path", required=True, description="task id"),
+            Param("terminate", "boolean", default=False, description="also kill the process"
+                  " running it"),
+            Param("signal", default="SIGTERM", description="signal for terminate"),
+        ),
+        access="control",
+    ),
+    Endpoint(
+        "POST", "/api/tasks/revoke", "revoke_tasks",
+        "Revoke every retained task of a name (not finished, or in one state): one approval",
+        revoke_by_name,
+        {
+            **_CONTROL_REPLIES,
+            200: Reply(
+                "revoked",
+                {
+                    "type": "object",
+                    "required": ["message", "revoked"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "revoked": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            ),
+        },
+        params=(
+            Param("taskname", required=True, description="task name"),
+            Param("state", description="only tasks in this state (default: queued or running)"),
+            Param("terminate", "boolean", default=False, description="also kill running ones"),
+            Param("signal", default="SIGTERM", description="signal for terminate"),
+        ),
+        access="control",
+        tag="chatops",
+        description=f"The card previews {PREVIEW_LIMIT} of them; every one is revoked.",
+    ),
+    Endpoint(
+        "POST", "/api/worker/pool/grow/{workername}", "pool_grow", "Grow a worker's pool",
+        _pool(True), _CONTROL_REPLIES,
+        params=(_WORKER, Param("n", "integer", default=1, description=f"processes, 1 to"
+                               f" {MAX_POOL_STEP}")),
+        access="control",
+    ),
+    Endpoint(
+        "POST", "/api/worker/pool/shrink/{workername}", "pool_shrink", "Shrink a worker's pool",
+        _pool(False), _CONTROL_REPLIES,
+        params=(_WORKER, Param("n", "integer", default=1, description=f"processes, 1 to"
+                               f" {MAX_POOL_STEP}")),
+        access="control",
+    ),
+    Endpoint(
+        "POST", "/api/worker/pool/autoscale/{workername}", "pool_autoscale",
+        "Set a worker's autoscaler bounds", autoscale, _CONTROL_REPLIES,
+        params=(
+            _WORKER,
+            Param("min", "integer", required=True, description="fewest processes"),
+            Param("max", "integer", required=True, description="most processes"),
+        ),
+        access="control",
+    ),
+    Endpoint(
+        "POST", "/api/worker/queue/add-consumer/{workername}", "add_consumer",
+        "Start consuming a queue", _consumer(True), _CONTROL_REPLIES,
+        params=(_WORKER, Param("queue", required=True, description="queue name")),
+        access="control",
+    ),
+    Endpoint(
+        "POST", "/api/worker/queue/cancel-consumer/{workername}", "cancel_consumer",
+        "Stop consuming a queue", _consumer(False), _CONTROL_REPLIES,
+        params=(_WORKER, Param("queue", required=True, description="queue name")),
+        access="control",
+    ),
+    Endpoint(
+        "POST", "/api/worker/shutdown/{workername}", "shutdown_worker",
+        "Warm shutdown of a worker", shutdown, _CONTROL_REPLIES, params=(_WORKER,),
+        access="control",
+    ),
+    Endpoint(
+        "POST", "/api/task/rate-limit/{taskname}", "rate_limit",
+        "Limit how often a task may start on a worker", rate_limit, _CONTROL_REPLIES,
+        params=(
+            _TASKNAME,
+            Param("ratelimit", required=True, description="N, N/s, N/m or N/h; 0: no limit"),
+            Param("workername", required=True, description="worker hostname"),
+        ),
+        access="control",
+    ),
+    Endpoint(
+        "POST", "/api/task/timeout/{taskname}", "time_limit",
+        "Set a task's soft and hard time limits on a worker", time_limit, _CONTROL_REPLIES,
+        params=(
+            _TASKNAME,
+            Param("soft", "number", description="soft time limit, seconds"),
+            Param("hard", "number", description="hard time limit, seconds"),
+            Param("workername", required=True, description="worker hostname"),
+        ),
+        access="control",
+    ),
+    Endpoint(
+        "POST", "/api/task/send-task/{taskname}", "send_task", "Send a task by name", send_task,
+        {
+            200: Reply(
+                "sent",
+                {"type": "object", "required": ["task-id"],
+                 "properties": {"task-id": {"type": "string"}}},
+            ),
+            **ERRORS,
+            503: Reply("the broker could not be reached"),
+        },
+        params=(_TASKNAME,),
+        body={
+            "type": "object",
+            "properties": {
+                "args": {"type": "array"},
+                "kwargs": {"type": "object"},
+                "queue": {"type": "string"},
+                "routing_key": {"type": "string"},
+                "countdown": {"type": "number"},
+                "expires": {"type": "number"},
+                "priority": {"type": "integer"},
+            },
+            "additionalProperties": False,
+        },
+        access="control",
+    ),
+    Endpoint(
+        "GET", "/api/approvals/{approval_id}", "get_approval",
+        "An approval's state, who decided, what the workers answered", get_approval,
+        {
+            200: Reply(
+                "the approval",
+                {
+                    "type": "object",
+                    "required": ["approval_id", "status", "action", "kind", "targets"],
+                    "properties": {
+                        "approval_id": {"type": "string"},
+                        "status": {"type": "string"},
+                        "action": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "targets": {"type": "array", "items": {"type": "string"}},
+                        "requester": {"type": "string"},
+                        "requested_at": {"type": "number"},
+                        "expires_at": {"type": "number"},
+                        "decided_by": _NULLABLE_TEXT,
+                        "decided_at": _NULLABLE_NUMBER,
+                        "outcome": {"type": ["object", "null"]},
+                        "confirmation": {"type": ["object", "null"]},
+                    },
+                },
+            ),
+            **ERRORS,
+            503: Reply("the state store could not be reached"),
+        },
+        params=(Param("approval_id", where="path", required=True, description="approval id"),),
+        tag="chatops",
+    ),
+)  # fmt: skip
