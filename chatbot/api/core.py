@@ -22,8 +22,9 @@ from chatbot.api.credentials import TokenBook
 from chatbot.api.spec import ApiError, ApiRequest, ApiResponse, Endpoint, parse_params
 from chatbot.approvals import ApprovalService
 from chatbot.audit import AuditLog
-from chatbot.commands.context import FleetInspector, QueueLengthInfo
+from chatbot.commands.context import QueueLengthInfo
 from chatbot.config import Settings
+from chatbot.control_port import ControlPort
 from chatbot.render import Message
 from chatbot.store import FleetStore
 
@@ -53,7 +54,7 @@ class WorkerInfoCache:
 
     def __init__(
         self,
-        inspector: FleetInspector | None,
+        inspector: ControlPort | None,
         store: FleetStore,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -113,7 +114,7 @@ class ApiServices:
 
     store: FleetStore
     settings: Settings
-    inspector: FleetInspector | None = None
+    inspector: ControlPort | None = None
     queue_lengths: Callable[[], Sequence[QueueLengthInfo]] | None = None
     clock: Callable[[], float] = time.time
     # Control: the approval service, where its cards are posted (channel, card) -> ts or None,
