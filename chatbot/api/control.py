@@ -53,6 +53,9 @@ API_CHANNEL = "api"
 # that only route or time the message).
 SEND_OPTIONS = {"queue": str, "routing_key": str, "countdown": float, "expires": float,
                 "priority": int}  # fmt: skip
+MAX_DELAY = 366 * 86400.0  # countdown and expires: at most a year
+MAX_PRIORITY = 255  # AMQP's priority range; Redis emulates a subset of it
+MAX_NAME = 255  # queue and routing key names (AMQP's shortstr)
 
 
 def _message(text: str, status: int = 200) -> ApiResponse:
@@ -349,6 +352,14 @@ def time_limit(svc: ApiServices, req: ApiRequest) -> ApiResponse:
 def send_task(svc: ApiServices, req: ApiRequest) -> ApiResponse:
     name: str = req["taskname"]
     _authorize(svc, req, "send-task", [name])
+    policy = {w.strip().lower().replace("_", "-") for w in svc.settings.approval_required}
+    if policy & {"all", "*", "send-task"}:
+        # Approvals know control actions on workers; a sent task is not one of them.
+        raise ApiError(
+            403,
+            "send-task needs an approval by CHATOPS_APPROVAL_REQUIRED, which the bot"
+            " cannot ask for a sent task: it is refused",
+        )
     if svc.publish is None:
         raise ApiError(503, "Sending tasks is not available: no broker connection")
     body = req.body if req.body is not None else {}
@@ -382,12 +393,28 @@ def _send_options(raw: Mapping[str, Any]) -> dict[str, Any]:
             supported = ", ".join(SEND_OPTIONS)
             raise ApiError(400, f"Unsupported option '{key}' (supported: {supported})")
         try:
-            if kind is str and not isinstance(value, str):
-                raise TypeError
-            options[key] = kind(value)
+            options[key] = _option(kind, value)
         except (TypeError, ValueError, OverflowError):
             raise ApiError(400, f"Invalid option '{key}'") from None
     return options
+
+
+def _option(kind: type, value: Any) -> Any:
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if kind is str:
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME:
+            raise ValueError(value)
+        value.encode("utf-8")  # a lone surrogate cannot be a queue name
+        return value
+    if kind is int:
+        if not isinstance(value, int) or not 0 <= value <= MAX_PRIORITY:
+            raise ValueError(value)
+        return value
+    number = float(value)
+    if not 0 <= number <= MAX_DELAY:
+        raise ValueError(value)
+    return number
 
 
 def _audit_send(
