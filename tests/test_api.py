@@ -144,16 +144,23 @@ def fleet(redis_url_factory: Callable[[], str], tmp_path_factory: Any) -> Iterat
     logs = tmp_path_factory.mktemp("api-worker")
     name = unique_hostname("api")
     worker = CeleryWorkerProcess(
-        "tests.fleet_app", broker, hostname=name, concurrency=2, cwd=REPO_ROOT,
+        "tests.fleet_app",
+        broker,
+        hostname=name,
+        concurrency=2,
+        cwd=REPO_ROOT,
         log_path=logs / "worker.log",
     )
     worker.start()
     app = make_app(broker)
     try:
         worker.wait_ready(timeout=30)
-        with MockSlackAPI() as slack, live_bot(
-            broker, slack, CHATOPS_APPROVAL_REQUIRED="all", CHATOPS_CONTROL_TIMEOUT="0.5"
-        ) as bot:
+        with (
+            MockSlackAPI() as slack,
+            live_bot(
+                broker, slack, CHATOPS_APPROVAL_REQUIRED="all", CHATOPS_CONTROL_TIMEOUT="0.5"
+            ) as bot,
+        ):
 
             def send(task: str, *args: Any, **kwargs: Any) -> str:
                 return str(app.send_task(task, args=args, kwargs=kwargs).id)
@@ -200,11 +207,17 @@ def test_failures_searchable_grouped_and_with_result(fleet: Fleet) -> None:
     failed_id = fleet.send(FAIL, message="card-7731-declined")
     wait_until(
         lambda: _listed(bot, f"?state=FAILURE&taskname={FAIL}", failed_id),
-        timeout=30, what="the failure listed",
+        timeout=30,
+        what="the failure listed",
     )
     # Flower's search syntax: an exact kwargs pair, a qualified substring, a plain word, OR.
-    for query in ("kwargs:message=card-7731-declined", "kwargs:7731", "card-7731",
-                  "state:failure name:fail", "(nothing-like-it OR card-7731)"):
+    for query in (
+        "kwargs:message=card-7731-declined",
+        "kwargs:7731",
+        "card-7731",
+        "state:failure name:fail",
+        "(nothing-like-it OR card-7731)",
+    ):
         assert _listed(bot, "?" + _qs(search=query), failed_id) is not None, query
     assert _listed(bot, "?" + _qs(search="kwargs:message=card-0000-declined"), failed_id) is None
     bad = bot.get("/api/tasks", params={"search": "NOT card"})
@@ -225,7 +238,8 @@ def test_sorting_paging_and_bad_queries(fleet: Fleet) -> None:
     ids = [fleet.send(FAIL, message=f"page-{n}") for n in range(3)]
     wait_until(
         lambda: all(_listed(bot, f"?taskname={FAIL}&limit=1000", i) for i in ids),
-        timeout=30, what="three failures listed",
+        timeout=30,
+        what="three failures listed",
     )
     newest_first = list(bot.get("/api/tasks", params={"taskname": FAIL, "limit": 1000}).json())
     by_received = list(
@@ -265,8 +279,12 @@ def test_credentials_bearer_basic_and_refusals(fleet: Fleet) -> None:
     bot = fleet.bot
     assert bot.get("/api/task/types").status_code == 200
     basic = base64.b64encode(f"flower:{TOKENS[READER]}".encode()).decode()
-    assert bot.get("/api/task/types", token=None,
-                   headers={"Authorization": f"Basic {basic}"}).status_code == 200
+    assert (
+        bot.get(
+            "/api/task/types", token=None, headers={"Authorization": f"Basic {basic}"}
+        ).status_code
+        == 200
+    )
     for headers in (
         {},
         {"Authorization": "Bearer wrong-token-0123456789"},
