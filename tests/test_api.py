@@ -356,3 +356,23 @@ def test_schemathesis_finds_no_server_error_and_no_schema_break(case: Any, fleet
         headers={"Authorization": f"Bearer {TOKENS[OPERATOR]}"},
         checks=CHECKS,
     )
+
+
+def test_api_is_served_in_socket_mode_beside_healthz(
+    redis_url: str, celery_worker: Callable[..., CeleryWorkerProcess]
+) -> None:
+    from tests.support.socket_mode import MockSocketModeServer
+
+    worker = celery_worker(redis_url, concurrency=1)
+    with (
+        MockSocketModeServer() as socket_mode,
+        MockSlackAPI(socket_mode=socket_mode) as slack,
+        live_bot(redis_url, slack, SLACK_APP_TOKEN="xapp-1-A0API-1-secret") as bot,
+    ):
+        assert bot.get("/slack/events", token=None).status_code == 404  # no HTTP events here
+        assert bot.get("/api/task/types", token=None).status_code == 401
+        wait_until(
+            lambda: bot.get("/api/workers", params={"status": "1"}).json().get(worker.hostname),
+            timeout=30,
+            what="the worker online through the API",
+        )
