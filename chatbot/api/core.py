@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -62,10 +63,13 @@ class WorkerInfoCache:
         self._store = store
         self._clock = clock
         self._workers: dict[str, dict[str, Any]] = {}
+        # Requests run on the listener's threads: one refresh may write while another reads.
+        self._lock = threading.Lock()
         self.refreshed = False
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        return {name: dict(info) for name, info in self._workers.items()}
+        with self._lock:
+            return {name: dict(info) for name, info in self._workers.items()}
 
     def refresh(self, workername: str | None = None) -> None:
         """Inspect every worker (or one) now; RuntimeError when the broker is unreachable."""
@@ -84,14 +88,15 @@ class WorkerInfoCache:
         if errors and len(errors) == len(results):
             raise RuntimeError(errors[0])
         stamp = self._clock()
-        for method, result in zip(methods, results, strict=True):
-            for name, reply in result.replies.items():
-                if reply.status != "ok":
-                    continue
-                value = _without_secrets(reply.value) if method == "stats" else reply.value
-                self._workers.setdefault(name, {})[method] = value
-                self._workers[name]["timestamp"] = stamp
-        self.refreshed = True
+        with self._lock:
+            for method, result in zip(methods, results, strict=True):
+                for name, reply in result.replies.items():
+                    if reply.status != "ok":
+                        continue
+                    value = _without_secrets(reply.value) if method == "stats" else reply.value
+                    self._workers.setdefault(name, {})[method] = value
+                    self._workers[name]["timestamp"] = stamp
+            self.refreshed = True
 
 
 def _without_secrets(stats: Any) -> Any:
