@@ -131,27 +131,23 @@ def list_tasks(svc: ApiServices, req: ApiRequest) -> ApiResponse:
     if limit == 0:
         return _json({})
     store = svc.store
-    if matches is None and start is None and end is None and not sort_by:
-        # The store's own order (newest transition first) and its indexes: one page read.
-        page = store.tasks(state=state, name=name, worker=worker, limit=offset + limit)[offset:]
+    total = store.count_tasks(state=state, name=name, worker=worker)
+
+    def keep(task: Task) -> bool:
+        if not _received_between(task, start, end):
+            return False
+        return matches is None or matches(task)
+
+    if sort_by:
+        found = [
+            t
+            for t in store.tasks(state=state, name=name, worker=worker, limit=max(total, 1))
+            if keep(t)
+        ]
+        found.sort(key=_sort_key(sort_by.lstrip("-")), reverse=sort_by.startswith("-"))
     else:
-        total = store.count_tasks(state=state, name=name, worker=worker)
-
-        def keep(task: Task) -> bool:
-            if not _received_between(task, start, end):
-                return False
-            return matches is None or matches(task)
-
-        if sort_by:
-            found = [
-                t
-                for t in store.tasks(state=state, name=name, worker=worker, limit=max(total, 1))
-                if keep(t)
-            ]
-            found.sort(key=_sort_key(sort_by.lstrip("-")), reverse=sort_by.startswith("-"))
-        else:
-            found = _newest_matching(svc, state, name, worker, total, offset + limit, keep)
-        page = found[offset : offset + limit]
+        found = _newest_matching(svc, state, name, worker, total, offset + limit, keep)
+    page = found[offset : offset + limit]
     return _json({task.uuid: task_dict(task) for task in page})
 
 
@@ -165,7 +161,11 @@ def _newest_matching(
     keep: Callable[[Task], bool],
 ) -> list[Task]:
     """The newest ``wanted`` tasks ``keep`` accepts: read the store's newest-first pages,
-    four times bigger each round, until enough match or every candidate was read."""
+    four times bigger each round, until enough match or every candidate was read.
+
+    Pages are read with a margin (at least 256, four times what is wanted) and ordered here by
+    the latest transition: a store may pick a partial page by creation order, and tasks end in
+    another order than they began; with the margin, page 2 follows page 1."""
     read = min(total, max(4 * wanted, 256))
     while True:
         page = svc.store.tasks(state=state, name=name, worker=worker, limit=max(read, 1))
