@@ -21,8 +21,8 @@ from chatbot.model import FAILURE, FINISHED_STATES, REJECTED, SUCCESS, Task
 
 __all__ = ["DEFAULT_TASK_LIMIT", "ERRORS", "READ_ENDPOINTS", "resolve_name", "resolve_worker"]
 
-# Flower lists every retained task when no limit is given (~3 s for 100,000, measured in the
-# research notes); a runbook that wants more asks for it.
+# Flower lists every retained task when no limit is given (its default keeps 100,000: one
+# answer of tens of megabytes); a runbook that wants more asks for it.
 DEFAULT_TASK_LIMIT = 100
 # A limit beyond this is the same as "all": the store never holds more.
 _LIMIT_CEILING = 10_000_000

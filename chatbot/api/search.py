@@ -1,7 +1,6 @@
 """Flower's task-search syntax (``GET /api/tasks?search=...``), over the store's task records.
 
-The syntax is Flower 2.2's, as its ``docs/tasks_filter.rst`` describes it, so a runbook's query
-means the same here:
+The syntax is Flower 2.2's task filter, so a runbook's query means the same here:
 
 - whitespace between terms is AND; ``AND`` and upper-case ``OR`` are explicit; parentheses
   group, at most five levels deep;
