@@ -109,3 +109,23 @@ def test_params_follow_flowers_rules() -> None:
         parse_params(params, {"worker": "w"}, {"terminate": ["maybe"], "queue": ["q"]})
     with pytest.raises(ApiError, match="of type 'float'"):
         parse_params((Param("soft", "number"),), {}, {"soft": ["nan"]})
+
+
+def test_task_json_takes_a_second_look_for_secrets() -> None:
+    # A record that bypassed ingest redaction still leaves the API without its secrets.
+    from chatbot.api.serializers import task_dict
+
+    leaky = Task(
+        uuid="9c0d2b7e-0000-4000-8000-000000000003",
+        name="shop.sync",
+        state="FAILURE",
+        args="('password=hunter2',)",
+        kwargs="{'token': 'xoxb-1234567890-abcdefghij'}",
+        result="redis://app:dbpass99@db:6379/0",
+        exception="AuthError('api_key=AKIAIOSFODNN7EXAMPLE')",
+        traceback="Traceback:\n  Authorization: Bearer tok.en.value\n",
+    )
+    shown = repr(task_dict(leaky))
+    for secret in ("hunter2", "xoxb-1234567890", "dbpass99", "AKIAIOSFODNN7EXAMPLE", "tok.en"):
+        assert secret not in shown, secret
+    assert task_dict(leaky)["name"] == "shop.sync"

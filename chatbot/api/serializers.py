@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from chatbot.model import FAILURE, REJECTED, REVOKED, SUCCESS, Task
+from chatbot.redaction import scrub
 
 __all__ = [
     "MESSAGE_SCHEMA",
@@ -37,6 +38,12 @@ _FINISHED_FIELD = {
 }
 
 
+def _outbound(value: str | None) -> str | None:
+    # The store redacted these at ingest; this is the second look on the way out (the
+    # contract: no secret reaches the API), as the mrkdwn filter is for Slack.
+    return None if value is None else scrub(value)
+
+
 def task_dict(task: Task) -> dict[str, Any]:
     """Flower's ``/api/task/info`` shape of one task."""
     finished_as = _FINISHED_FIELD.get(task.state)
@@ -52,17 +59,17 @@ def task_dict(task: Task) -> dict[str, Any]:
         "failed": task.finished if finished_as == "failed" else None,
         "retried": task.retried,
         "revoked": task.finished if finished_as == "revoked" else None,
-        "args": task.args,
-        "kwargs": task.kwargs,
+        "args": _outbound(task.args),
+        "kwargs": _outbound(task.kwargs),
         "eta": task.eta,
         "expires": task.expires,
         "retries": task.retries,
         "worker": task.worker,
-        "result": task.result,
-        "exception": task.exception,
+        "result": _outbound(task.result),
+        "exception": _outbound(task.exception),
         "timestamp": task.state_ts or None,
         "runtime": task.runtime,
-        "traceback": task.traceback,
+        "traceback": _outbound(task.traceback),
         "exchange": None,
         "routing_key": task.routing_key,
         "clock": None,
