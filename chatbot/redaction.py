@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 REDACTED = "'[redacted]'"
+# How far past what is kept a secret's key may stand and still be found (see clipped()).
+_WINDOW_MARGIN = 512
 REDACTED_TEXT = "[redacted]"
 WITHHELD = "[withheld: mentions a redacted key and could not be parsed]"
 ELLIPSIS = "…"
@@ -154,6 +156,25 @@ class Redactor:
         if self._mentions_key(lowered) and self._assignment is not None:
             text = self._assignment.sub(_replace_value, text)
         return text
+
+    def clipped(self, value: Any, limit: int) -> str | None:
+        """:meth:`text` of the first ``limit`` characters, cut with :func:`clip`.
+
+        Only a window a little wider than what is kept is searched (a task can send megabytes;
+        searching them all would cost ingest far more than it could show), wide enough that
+        a key cut off at the window's edge cannot leave its value readable in what is kept.
+        """
+        if value is None:
+            return None
+        text = value if isinstance(value, str) else str(value)
+        return clip(self.text(text[: limit + _WINDOW_MARGIN]), limit)
+
+    def clipped_tail(self, value: Any, limit: int) -> str | None:
+        """:meth:`text` of the last ``limit`` characters, cut with :func:`clip_tail`."""
+        if value is None:
+            return None
+        text = value if isinstance(value, str) else str(value)
+        return clip_tail(self.text(text[-(limit + _WINDOW_MARGIN) :]), limit)
 
     def kwargs(self, value: Any) -> str | None:
         """The kwargs repr with sensitive values replaced."""

@@ -131,3 +131,16 @@ def test_a_long_hostile_string_is_handled_in_bounded_work() -> None:
     # finish (pytest-timeout bounds a hang, this asserts only the result).
     hostile = "password" + "=" * 50_000 + "'" * 50_000 + "redis://" + "a:" * 20_000
     assert isinstance(scrub(hostile), str)
+
+
+def test_clipped_windows_search_past_the_cut_and_stay_bounded() -> None:
+    # A key whose value starts right at the edge of what is kept is still found.
+    head = "x" * 1000 + " password=" + "hunter2secret" + " tail"
+    kept = REDACTOR.clipped(head, 1015) or ""
+    assert "hunter2" not in kept and len(kept) == 1015
+    tail = "password=" + "q" * 30 + "hunter2secret" + "\n" + "frame\n" * 600
+    kept_tail = REDACTOR.clipped_tail(tail, 3600) or ""
+    assert "hunter2" not in kept_tail and len(kept_tail) <= 3600
+    # A megabyte of hostile text costs a window's worth of searching, not a megabyte's.
+    huge = ("<https://evil.example|x> @U1 password " * 40_000)[:1_500_000]
+    assert len(REDACTOR.clipped_tail(huge, 4096) or "") <= 4096

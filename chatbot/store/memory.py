@@ -52,7 +52,7 @@ from chatbot.model import (
     Task,
     Worker,
 )
-from chatbot.redaction import FieldLimits, Redactor, clip, clip_tail
+from chatbot.redaction import FieldLimits, Redactor, clip
 
 _intern = sys.intern
 
@@ -268,7 +268,7 @@ class MemoryStore:
                 task.started = ts
         elif kind == "task-succeeded":
             if "result" in event:
-                task.result = clip(self._redactor.text(event["result"]), limits.result)
+                task.result = self._redactor.clipped(event["result"], limits.result)
             runtime = event.get("runtime")
             if runtime is not None:
                 task.runtime = float(runtime)
@@ -278,10 +278,10 @@ class MemoryStore:
             else:
                 exception = event.get("exception")
                 if exception is not None:
-                    task.exception = clip(self._redactor.text(exception), limits.exception)
+                    task.exception = self._redactor.clipped(exception, limits.exception)
                 traceback = event.get("traceback")
                 if traceback is not None:
-                    task.traceback = clip_tail(self._redactor.text(traceback), limits.traceback)
+                    task.traceback = self._redactor.clipped_tail(traceback, limits.traceback)
             if kind == "task-retried" and (task.retried is None or ts > task.retried):
                 task.retried = ts
         elif kind == "task-revoked":
