@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chatbot.broker import queue_names
-from chatbot.commands.context import CommandContext, QueueLengthInfo
+from chatbot.broker import QueueLength, queue_names
+from chatbot.commands.context import CommandContext
 from chatbot.commands.parser import (
     ArgSpec,
     Flag,
@@ -101,7 +101,7 @@ def _read_queues(
         return None, "no broker reader (CELERY_BROKER_URL not set?)"
     names = queue_names(workers, ctx.settings.queues, DEFAULT_QUEUE)
     try:
-        lengths: Sequence[QueueLengthInfo] = ctx.broker.queue_lengths(names)
+        lengths: Sequence[QueueLength] = ctx.broker.queue_lengths(names)
     except Exception as exc:  # the broker is a network peer: any failure is reported, not raised
         logger.warning("reading queue lengths failed", exc_info=True)
         return None, _scrub(f"{type(exc).__name__}: {exc}")
