@@ -96,7 +96,6 @@ _METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "chat.postEphemeral": ("chat:write",),
     "chat.delete": ("chat:write",),
     "usergroups.users.list": ("usergroups:read",),
-    "users.info": ("users:read",),
     "reactions.add": ("reactions:write",),
     "reactions.remove": ("reactions:write",),
     "conversations.open": ("im:write", "mpim:write"),
@@ -266,7 +265,6 @@ class MockSlackAPI:
         self._revoked: dict[str, str] = {}
         self._usergroups: dict[str, list[str]] = {}
         self._channels: dict[str, _Channel] = {}
-        self._users: dict[str, dict[str, Any]] = {}
         self._messages: dict[tuple[str, str], dict[str, Any]] = {}
         self._deleted: set[tuple[str, str]] = set()
         self._home_views: dict[str, dict[str, Any]] = {}
@@ -327,10 +325,6 @@ class MockSlackAPI:
     def response_url(self, name: str) -> str:
         """A ``response_url`` whose posts are recorded under ``name`` (see :meth:`responses`)."""
         return f"http://127.0.0.1:{self.port}/response/{name}"
-
-    def attach_socket_mode(self, server: SocketModeEndpoint | None) -> None:
-        with self._cond:
-            self._socket_mode = server
 
     # ------------------------------------------------------------------ recording
 
@@ -447,11 +441,6 @@ class MockSlackAPI:
                 is_archived=is_archived,
                 is_private=channel_id.startswith("G") if is_private is None else is_private,
             )
-
-    def set_user(self, user_id: str, **fields: Any) -> None:
-        """Override fields of the ``users.info`` user object (e.g. ``real_name``, ``deleted``)."""
-        with self._cond:
-            self._users[user_id] = dict(fields)
 
     def set_handler(
         self, method: str, handler: Callable[[dict[str, Any]], dict[str, Any]] | None
@@ -766,35 +755,6 @@ class MockSlackAPI:
             # Slack's actual error code for an unknown user group id.
             return _err("no_such_subteam")
         return {"ok": True, "users": list(members)}
-
-    def _m_users_info(self, params: dict[str, Any]) -> dict[str, Any]:
-        user_id = str(params.get("user") or "")
-        override = self._users.get(user_id)
-        if override is None and not _USER_ID_RE.match(user_id):
-            return _err("user_not_found")
-        is_bot = user_id == BOT_USER_ID
-        name = BOT_USER_NAME if is_bot else user_id.lower()
-        user: dict[str, Any] = {
-            "id": user_id,
-            "team_id": TEAM_ID,
-            "name": name,
-            "deleted": False,
-            "real_name": name,
-            "tz": "Etc/UTC",
-            "tz_label": "Coordinated Universal Time",
-            "tz_offset": 0,
-            "profile": {"real_name": name, "display_name": name, "team": TEAM_ID},
-            "is_admin": False,
-            "is_owner": False,
-            "is_bot": is_bot,
-            "is_app_user": False,
-            "updated": int(time.time()),
-        }
-        if override:
-            user.update(override)
-            if "real_name" in override:
-                user["profile"]["real_name"] = override["real_name"]
-        return {"ok": True, "user": user}
 
     def _channel_object(self, channel_id: str) -> dict[str, Any]:
         state = self._channels.get(channel_id) or _Channel(
