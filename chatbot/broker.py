@@ -93,7 +93,7 @@ def _one_line(exc: BaseException, secret: str | None) -> str:
 
 
 def _normalise_ssl_cert_reqs(url: str) -> str:
-    # Celery documents ssl_cert_reqs=CERT_REQUIRED in rediss URLs; redis-py wants 'required'.
+    # A rediss URL written for Celery says ssl_cert_reqs=CERT_REQUIRED; redis-py wants 'required'.
     for name, plain in (("CERT_REQUIRED", "required"), ("CERT_OPTIONAL", "optional"),
                         ("CERT_NONE", "none")):  # fmt: skip
         url = url.replace(f"ssl_cert_reqs={name}", f"ssl_cert_reqs={plain}")

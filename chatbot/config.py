@@ -1,6 +1,6 @@
 """Settings: read once from the environment and an optional config file, validated up front.
 
-Every setting of SPEC.md's configuration table is a field here. A config file (``--config FILE``
+Every setting of the README's configuration tables is a field here. A config file (``--config FILE``
 or ``CHATOPS_CONFIG``) holds the same keys as ``KEY=VALUE`` lines; the environment wins over the
 file. A missing or malformed setting raises :class:`ConfigError` whose message is one line naming
 the setting; secrets are never part of that message.
@@ -166,8 +166,8 @@ def _meta(env: str, parse: Callable[[str, str], Any], topic: str, help: str) -> 
 
 @dataclass(frozen=True, repr=False)
 class Settings:
-    """All settings: the setting table. Field metadata names the variable (``env``, as in
-    SPEC.md), its parser, its topic and the one line ``--help`` shows for it."""
+    """All settings: the setting table. Field metadata names the variable (``env``, as in the
+    README), its parser, its topic and the one line ``--help`` shows for it."""
 
     broker_url: str = field(
         default="",
@@ -222,7 +222,8 @@ class Settings:
         default=10000,
         metadata=_meta(
             "CHATOPS_MAX_TASKS", _int_parser(1), STATE,
-            "task records kept (the oldest are evicted first)",
+            "task records kept (finished successes are evicted first, running tasks and failures"
+            " last)",
         ),
     )  # fmt: skip
     max_workers: int = field(
@@ -308,7 +309,7 @@ class Settings:
             " actions; empty: nobody",
         ),
     )  # fmt: skip
-    # None means "the operators" (SPEC default); an explicit empty value means nobody.
+    # None means "the operators" (the documented default); an explicit empty value means nobody.
     approvers: tuple[str, ...] | None = field(
         default=None,
         metadata=_meta(
@@ -334,15 +335,17 @@ class Settings:
         default=tuple(DEFAULT_REDACT_KEYS.split(",")),
         metadata=_meta(
             "CHATOPS_REDACT_KEYS", _csv, OUTPUT,
-            "keyword-argument names whose values are never shown",
+            "keyword-argument names whose values are never shown (matched case-insensitively as"
+            " substrings)",
         ),
     )  # fmt: skip
-    # Settings beyond SPEC.md's table (additions are allowed by the contract).
+    # The README's additional settings (not part of the stable contract).
     silence_after: float = field(
         default=120.0,
         metadata=_meta(
             "CHATOPS_SILENCE_AFTER", _float_parser(1), TROUBLE,
-            "seconds without events after which the picture counts as stale",
+            "seconds without any event, while workers were known, before the event stream"
+            " counts as silent",
         ),
     )  # fmt: skip
     alert_cooldown: float = field(
@@ -356,7 +359,7 @@ class Settings:
         default=("revoke", "shutdown"),
         metadata=_meta(
             "CHATOPS_APPROVAL_REQUIRED", _csv, CONTROL,
-            "control actions that need a second person's approval, comma separated",
+            "control commands that need an approval (the others run at once for operators)",
         ),
     )  # fmt: skip
     control_timeout: float = field(
@@ -370,8 +373,8 @@ class Settings:
         default=30.0,
         metadata=_meta(
             "CHATOPS_ENABLE_EVENTS_INTERVAL", _float_parser(0), BROKER,
-            "seconds between enable_events broadcasts that turn on workers' task events;"
-            " 0: never",
+            "seconds between enable_events broadcasts (0: never), so workers started without"
+            " -E send task events",
         ),
     )  # fmt: skip
     # Who the person at ``celery-chatops console`` is, for operator checks: a Slack user ID
@@ -387,7 +390,7 @@ class Settings:
         default="chatops",
         metadata=_meta(
             "CHATOPS_STATE_PREFIX", _str, STATE,
-            "prefix of the bot's keys in a Redis state store",
+            "key prefix in the Redis state store, so several bots can share one Redis",
         ),
     )  # fmt: skip
     log_level: str = field(
