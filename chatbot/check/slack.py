@@ -9,13 +9,13 @@ failed (its FAIL line already says why); the app-level token is its own check ei
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
 from chatbot.check.report import Report
 from chatbot.config import Settings
+from chatbot.slackerrors import error_code, header
 
 __all__ = ["ESSENTIAL_SCOPES", "REQUIRED_BOT_SCOPES", "check_slack"]
 
@@ -37,21 +37,10 @@ _TOKEN_ERRORS = frozenset(
 )
 
 
-def _header(headers: Any, name: str) -> str | None:
-    if not isinstance(headers, Mapping):
-        return None
-    for key, value in headers.items():
-        if str(key).lower() == name:
-            return str(value[0] if isinstance(value, list) and value else value)
-    return None
-
-
 def _slack_error(exc: SlackApiError) -> str:
-    response = exc.response
-    data = response.data if response is not None else None
-    if isinstance(data, Mapping) and data.get("error"):
-        return str(data["error"])
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    """Slack's error code, or the first line of what slack_sdk said when there is none."""
+    text = str(exc)
+    return error_code(exc) or (text.splitlines()[0] if text else type(exc).__name__)
 
 
 class _SlackCheck:
@@ -100,7 +89,7 @@ class _SlackCheck:
             f"SLACK_BOT_TOKEN valid: bot @{self.bot_name} ({data.get('user_id', '?')})"
             f" in {team} ({data.get('team_id', '?')})",
         )
-        self.scopes(_header(response.headers, "x-oauth-scopes"))
+        self.scopes(header(response.headers, "x-oauth-scopes"))
         return True
 
     def scopes(self, header: str | None) -> None:
