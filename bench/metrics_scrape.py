@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -30,18 +29,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.events import FleetEvents
+from chatbot.broker import QueueLength
 from chatbot.metrics import FleetReading, fleet_registry, read_fleet
 from chatbot.store.memory import MemoryStore
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_COMMIT = "0c89416"  # the last commit whose chatbot/metrics.py wrote the text by hand
 BATCH = 1000
-
-
-@dataclass(frozen=True)
-class _Queue:
-    name: str
-    messages: int | None
 
 
 def _reference_writer(commit: str) -> ModuleType | None:
@@ -105,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     store, now = _fill(args.tasks, args.seed)
-    queues = [_Queue("celery", 12), _Queue("io", None)]
+    queues = [QueueLength("celery", 12), QueueLength("io", None)]
     stream = store.health()
     counters = store.fleet_counters()
     print(

@@ -21,7 +21,7 @@ Rows:
   new store and times the first answers to ``tasks(state=FAILURE)``, ``active()`` and
   ``get_task`` (what a restarted replica does), then the writer's warm-up ``load()`` of every
   stored task into its state machine. Flower 2.2 needs 8.35 s to load and 1.96 s to save a
-  100k-task state file (research: flower.md §1.9); the memory backend's snapshot file is
+  100k-task state file (docs/benchmarks.md); the memory backend's snapshot file is
   timed on the same tasks for comparison.
 """
 
@@ -51,7 +51,7 @@ from chatbot.store.snapshot import SnapshotWriter
 BATCH = 1000  # the consumer's batch_max
 TARGET_INGEST = 2.0  # x celery State
 TARGET_READY_S = 1.0
-FLOWER_LOAD_S, FLOWER_SAVE_S = 8.35, 1.96  # flower.md §1.9, 100k tasks
+FLOWER_LOAD_S, FLOWER_SAVE_S = 8.35, 1.96  # Flower 2.2, 100k tasks (docs/benchmarks.md)
 
 
 def _stream(seed: int) -> Iterator[Event]:

@@ -21,7 +21,7 @@ import contextlib
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -29,7 +29,7 @@ from kombu import Connection
 
 from chatbot.model import Worker
 
-__all__ = ["BrokerReader", "QueueLength", "QueueStatus", "queue_names"]
+__all__ = ["BrokerReader", "QueueLength", "QueueLengthReader", "QueueStatus", "queue_names"]
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
@@ -54,6 +54,17 @@ class QueueLength:
         if self.exists is False:
             return "missing"
         return "ok" if self.messages is not None else "unknown"
+
+
+class QueueLengthReader(Protocol):
+    """What the commands, the alert check and ``/metrics`` read queue lengths through:
+    :class:`BrokerReader`, or a recorded stand-in in tests.
+    """
+
+    @property
+    def broker_name(self) -> str: ...
+
+    def queue_lengths(self, names: Sequence[str]) -> list[QueueLength]: ...
 
 
 def queue_names(
@@ -82,7 +93,7 @@ def _one_line(exc: BaseException, secret: str | None) -> str:
 
 
 def _normalise_ssl_cert_reqs(url: str) -> str:
-    # Celery documents ssl_cert_reqs=CERT_REQUIRED in rediss URLs; redis-py wants 'required'.
+    # A rediss URL written for Celery says ssl_cert_reqs=CERT_REQUIRED; redis-py wants 'required'.
     for name, plain in (("CERT_REQUIRED", "required"), ("CERT_OPTIONAL", "optional"),
                         ("CERT_NONE", "none")):  # fmt: skip
         url = url.replace(f"ssl_cert_reqs={name}", f"ssl_cert_reqs={plain}")

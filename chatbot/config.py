@@ -1,6 +1,6 @@
 """Settings: read once from the environment and an optional config file, validated up front.
 
-Every setting of SPEC.md's configuration table is a field here. A config file (``--config FILE``
+Every setting of the README's configuration tables is a field here. A config file (``--config FILE``
 or ``CHATOPS_CONFIG``) holds the same keys as ``KEY=VALUE`` lines; the environment wins over the
 file. A missing or malformed setting raises :class:`ConfigError` whose message is one line naming
 the setting; secrets are never part of that message.
@@ -181,111 +181,269 @@ def _log_level(name: str, raw: str) -> str:
     return value
 
 
+# What a setting is about; ``--help`` of each subcommand lists the topics it reads.
+BROKER = "broker"
+SLACK = "slack"
+STATE = "state"
+TROUBLE = "what counts as trouble"
+ALERTS = "alerts"
+CONTROL = "control actions"
+CONSOLE = "console"
+OUTPUT = "output"
+API = "REST API"
+TOPICS = (BROKER, SLACK, STATE, TROUBLE, ALERTS, CONTROL, API, CONSOLE, OUTPUT)
+
+
+def _meta(env: str, parse: Callable[[str, str], Any], topic: str, help: str) -> dict[str, Any]:
+    """A field's row of the setting table: its variable, parser, topic and one-line help."""
+    return {"env": env, "parse": parse, "topic": topic, "help": help}
+
+
 @dataclass(frozen=True, repr=False)
 class Settings:
-    """All settings; field metadata ``env`` names the variable of SPEC.md."""
+    """All settings: the setting table. Field metadata names the variable (``env``, as in the
+    README), its parser, its topic and the one line ``--help`` shows for it."""
 
-    broker_url: str = field(default="", metadata={"env": "CELERY_BROKER_URL", "parse": _broker_url})
+    broker_url: str = field(
+        default="",
+        metadata=_meta(
+            "CELERY_BROKER_URL", _broker_url, BROKER,
+            "the fleet's broker: redis://, rediss:// or amqp:// (required by run)",
+        ),
+    )  # fmt: skip
     slack_bot_token: str = field(
-        default="", repr=False, metadata={"env": "SLACK_BOT_TOKEN", "parse": _token("xoxb-")}
-    )
+        default="",
+        repr=False,
+        metadata=_meta(
+            "SLACK_BOT_TOKEN", _token("xoxb-"), SLACK,
+            "the Bot User OAuth Token, xoxb-... (required by run)",
+        ),
+    )  # fmt: skip
     slack_signing_secret: str = field(
-        default="", repr=False, metadata={"env": "SLACK_SIGNING_SECRET", "parse": _str}
-    )
+        default="",
+        repr=False,
+        metadata=_meta(
+            "SLACK_SIGNING_SECRET", _str, SLACK,
+            "the app's signing secret (required in HTTP mode)",
+        ),
+    )  # fmt: skip
     slack_app_token: str = field(
-        default="", repr=False, metadata={"env": "SLACK_APP_TOKEN", "parse": _token("xapp-")}
-    )
+        default="",
+        repr=False,
+        metadata=_meta(
+            "SLACK_APP_TOKEN", _token("xapp-"), SLACK,
+            "an app-level token, xapp-...: switches to Socket Mode",
+        ),
+    )  # fmt: skip
     slack_api_url: str = field(
-        default="https://slack.com/api/", metadata={"env": "SLACK_API_URL", "parse": _api_url}
+        default="https://slack.com/api/",
+        metadata=_meta(
+            "SLACK_API_URL", _api_url, SLACK,
+            "the Slack Web API base URL (GovSlack, a proxy, tests)",
+        ),
+    )  # fmt: skip
+    host: str = field(
+        default="0.0.0.0",
+        metadata=_meta("CHATOPS_HOST", _str, SLACK, "address of the HTTP listener"),
     )
-    host: str = field(default="0.0.0.0", metadata={"env": "CHATOPS_HOST", "parse": _str})
     port: int = field(
-        default=3000, metadata={"env": "CHATOPS_PORT", "parse": _int_parser(0, 65535)}
-    )
+        default=3000,
+        metadata=_meta(
+            "CHATOPS_PORT", _int_parser(0, 65535), SLACK,
+            "port of the HTTP listener (Slack events, /healthz, /metrics)",
+        ),
+    )  # fmt: skip
     max_tasks: int = field(
-        default=10000, metadata={"env": "CHATOPS_MAX_TASKS", "parse": _int_parser(1)}
-    )
+        default=10000,
+        metadata=_meta(
+            "CHATOPS_MAX_TASKS", _int_parser(1), STATE,
+            "task records kept (finished successes are evicted first, running tasks and failures"
+            " last)",
+        ),
+    )  # fmt: skip
     max_workers: int = field(
-        default=5000, metadata={"env": "CHATOPS_MAX_WORKERS", "parse": _int_parser(1)}
+        default=5000,
+        metadata=_meta("CHATOPS_MAX_WORKERS", _int_parser(1), STATE, "worker records kept"),
     )
     state_url: str = field(
-        default="memory://", metadata={"env": "CHATOPS_STATE_URL", "parse": _state_url}
-    )
+        default="memory://",
+        metadata=_meta(
+            "CHATOPS_STATE_URL", _state_url, STATE,
+            "memory://, or redis://... to keep state, approvals and alerts across restarts"
+            " and share them between replicas",
+        ),
+    )  # fmt: skip
     snapshot_path: str = field(
-        default="", metadata={"env": "CHATOPS_SNAPSHOT_PATH", "parse": _str}
-    )
-    queues: tuple[str, ...] = field(default=(), metadata={"env": "CHATOPS_QUEUES", "parse": _csv})
+        default="",
+        metadata=_meta(
+            "CHATOPS_SNAPSHOT_PATH", _str, STATE,
+            "with memory://: a snapshot file that carries the state across restarts",
+        ),
+    )  # fmt: skip
+    queues: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "CHATOPS_QUEUES", _csv, BROKER,
+            "extra queue names to watch, comma separated (the consumed ones are found)",
+        ),
+    )  # fmt: skip
     alert_channel: str = field(
-        default="", metadata={"env": "CHATOPS_ALERT_CHANNEL", "parse": _channel_id}
-    )
+        default="",
+        metadata=_meta(
+            "CHATOPS_ALERT_CHANNEL", _channel_id, ALERTS,
+            "channel ID (C...) for alerts; unset: no alerts",
+        ),
+    )  # fmt: skip
     audit_channel: str = field(
-        default="", metadata={"env": "CHATOPS_AUDIT_CHANNEL", "parse": _channel_id}
-    )
+        default="",
+        metadata=_meta(
+            "CHATOPS_AUDIT_CHANNEL", _channel_id, CONTROL,
+            "channel ID that receives every control request and its outcome",
+        ),
+    )  # fmt: skip
     check_interval: float = field(
-        default=30.0, metadata={"env": "CHATOPS_CHECK_INTERVAL", "parse": _float_parser(0.1)}
-    )
+        default=30.0,
+        metadata=_meta(
+            "CHATOPS_CHECK_INTERVAL", _float_parser(0.1), ALERTS,
+            "seconds between alert checks",
+        ),
+    )  # fmt: skip
     backlog_threshold: int = field(
-        default=100, metadata={"env": "CHATOPS_BACKLOG_THRESHOLD", "parse": _int_parser(1)}
-    )
+        default=100,
+        metadata=_meta(
+            "CHATOPS_BACKLOG_THRESHOLD", _int_parser(1), TROUBLE,
+            "queue length that counts as a backlog",
+        ),
+    )  # fmt: skip
     failure_spike_threshold: int = field(
-        default=10, metadata={"env": "CHATOPS_FAILURE_SPIKE_THRESHOLD", "parse": _int_parser(1)}
-    )
+        default=10,
+        metadata=_meta(
+            "CHATOPS_FAILURE_SPIKE_THRESHOLD", _int_parser(1), TROUBLE,
+            "failures of one task name within the failure window that count as a spike",
+        ),
+    )  # fmt: skip
     failure_window: float = field(
-        default=300.0, metadata={"env": "CHATOPS_FAILURE_WINDOW", "parse": _float_parser(1)}
-    )
+        default=300.0,
+        metadata=_meta(
+            "CHATOPS_FAILURE_WINDOW", _float_parser(1), TROUBLE,
+            "seconds of failures counted for a spike",
+        ),
+    )  # fmt: skip
     stuck_after: float = field(
-        default=600.0, metadata={"env": "CHATOPS_STUCK_AFTER", "parse": _float_parser(1)}
-    )
+        default=600.0,
+        metadata=_meta(
+            "CHATOPS_STUCK_AFTER", _float_parser(1), TROUBLE,
+            "seconds an active task may run before it counts as stuck",
+        ),
+    )  # fmt: skip
     operators: tuple[str, ...] = field(
-        default=(), metadata={"env": "CHATOPS_OPERATORS", "parse": _slack_ids}
-    )
-    # None means "the operators" (SPEC default); an explicit empty value means nobody.
+        default=(),
+        metadata=_meta(
+            "CHATOPS_OPERATORS", _slack_ids, CONTROL,
+            "Slack user IDs (U...) or user-group IDs (S...) that may request control"
+            " actions; empty: nobody",
+        ),
+    )  # fmt: skip
+    # None means "the operators" (the documented default); an explicit empty value means nobody.
     approvers: tuple[str, ...] | None = field(
-        default=None, metadata={"env": "CHATOPS_APPROVERS", "parse": _slack_ids}
-    )
+        default=None,
+        metadata=_meta(
+            "CHATOPS_APPROVERS", _slack_ids, CONTROL,
+            "who may approve a control action; unset: the operators",
+        ),
+    )  # fmt: skip
     self_approval: bool = field(
-        default=False, metadata={"env": "CHATOPS_SELF_APPROVAL", "parse": _parse_bool}
-    )
+        default=False,
+        metadata=_meta(
+            "CHATOPS_SELF_APPROVAL", _parse_bool, CONTROL,
+            "may a requester approve their own request",
+        ),
+    )  # fmt: skip
     approval_ttl: float = field(
-        default=900.0, metadata={"env": "CHATOPS_APPROVAL_TTL", "parse": _float_parser(1)}
-    )
+        default=900.0,
+        metadata=_meta(
+            "CHATOPS_APPROVAL_TTL", _float_parser(1), CONTROL,
+            "seconds before an unanswered request expires",
+        ),
+    )  # fmt: skip
     redact_keys: tuple[str, ...] = field(
         default=tuple(DEFAULT_REDACT_KEYS.split(",")),
-        metadata={"env": "CHATOPS_REDACT_KEYS", "parse": _csv},
-    )
-    # Settings beyond SPEC.md's table (additions are allowed by the contract).
+        metadata=_meta(
+            "CHATOPS_REDACT_KEYS", _csv, OUTPUT,
+            "keyword-argument names whose values are never shown (matched case-insensitively as"
+            " substrings)",
+        ),
+    )  # fmt: skip
+    # The README's additional settings (not part of the stable contract).
     silence_after: float = field(
-        default=120.0, metadata={"env": "CHATOPS_SILENCE_AFTER", "parse": _float_parser(1)}
-    )
+        default=120.0,
+        metadata=_meta(
+            "CHATOPS_SILENCE_AFTER", _float_parser(1), TROUBLE,
+            "seconds without any event, while workers were known, before the event stream"
+            " counts as silent",
+        ),
+    )  # fmt: skip
     alert_cooldown: float = field(
-        default=300.0, metadata={"env": "CHATOPS_ALERT_COOLDOWN", "parse": _float_parser(0)}
-    )
+        default=300.0,
+        metadata=_meta(
+            "CHATOPS_ALERT_COOLDOWN", _float_parser(0), ALERTS,
+            "seconds after an alert resolved in which its return reopens the same thread",
+        ),
+    )  # fmt: skip
     approval_required: tuple[str, ...] = field(
         default=("revoke", "shutdown"),
-        metadata={"env": "CHATOPS_APPROVAL_REQUIRED", "parse": _csv},
-    )
+        metadata=_meta(
+            "CHATOPS_APPROVAL_REQUIRED", _csv, CONTROL,
+            "control commands that need an approval (the others run at once for operators)",
+        ),
+    )  # fmt: skip
     control_timeout: float = field(
-        default=2.0, metadata={"env": "CHATOPS_CONTROL_TIMEOUT", "parse": _float_parser(0.1)}
-    )
+        default=2.0,
+        metadata=_meta(
+            "CHATOPS_CONTROL_TIMEOUT", _float_parser(0.1), BROKER,
+            "seconds to wait for workers' replies to inspect and control commands",
+        ),
+    )  # fmt: skip
     enable_events_interval: float = field(
         default=30.0,
-        metadata={"env": "CHATOPS_ENABLE_EVENTS_INTERVAL", "parse": _float_parser(0)},
-    )
+        metadata=_meta(
+            "CHATOPS_ENABLE_EVENTS_INTERVAL", _float_parser(0), BROKER,
+            "seconds between enable_events broadcasts (0: never), so workers started without"
+            " -E send task events",
+        ),
+    )  # fmt: skip
     # Who the person at ``celery-chatops console`` is, for operator checks: a Slack user ID
     # listed in CHATOPS_OPERATORS lets the console request (and approve) control actions.
     console_user: str = field(
-        default="", metadata={"env": "CHATOPS_CONSOLE_USER", "parse": _console_user}
-    )
+        default="",
+        metadata=_meta(
+            "CHATOPS_CONSOLE_USER", _console_user, CONSOLE,
+            "the Slack user ID (U...) the person at the console acts as",
+        ),
+    )  # fmt: skip
     state_prefix: str = field(
-        default="chatops", metadata={"env": "CHATOPS_STATE_PREFIX", "parse": _str}
-    )
+        default="chatops",
+        metadata=_meta(
+            "CHATOPS_STATE_PREFIX", _str, STATE,
+            "key prefix in the Redis state store, so several bots can share one Redis",
+        ),
+    )  # fmt: skip
     log_level: str = field(
-        default="INFO", metadata={"env": "CHATOPS_LOG_LEVEL", "parse": _log_level}
-    )
+        default="INFO",
+        metadata=_meta(
+            "CHATOPS_LOG_LEVEL", _log_level, OUTPUT,
+            "DEBUG, INFO, WARNING or ERROR",
+        ),
+    )  # fmt: skip
     # The REST API's credentials: (Slack user ID, token) pairs. Empty: the API is off.
     api_tokens: tuple[tuple[str, str], ...] = field(
-        default=(), repr=False, metadata={"env": "CHATOPS_API_TOKENS", "parse": _api_tokens}
-    )
+        default=(),
+        repr=False,
+        metadata=_meta(
+            "CHATOPS_API_TOKENS", _api_tokens, API,
+            "IDENTITY=TOKEN pairs for the REST API (/api/*), IDENTITY a Slack user ID; unset: off",
+        ),
+    )  # fmt: skip
 
     @property
     def effective_approvers(self) -> tuple[str, ...]:
@@ -338,6 +496,38 @@ class Settings:
             else:
                 shown[env] = "" if value is None else str(value)
         return shown
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One row of the setting table as ``--help`` shows it."""
+
+    env: str
+    topic: str
+    default: str
+    help: str
+
+
+def setting_table() -> list[SettingDoc]:
+    """Every setting, in the order of :class:`Settings`, with its default as shown to people."""
+    rows: list[SettingDoc] = []
+    for f in fields(Settings):
+        env = f.metadata["env"]
+        value = f.default
+        if f.name == "approvers":
+            default = "the operators"
+        elif value in ("", ()):
+            default = "unset"
+        elif isinstance(value, tuple):
+            default = ", ".join(value)  # spaces let a long list wrap; the parser strips them
+        elif isinstance(value, bool):
+            default = str(value).lower()
+        elif isinstance(value, float):
+            default = f"{value:g}"
+        else:
+            default = str(value)
+        rows.append(SettingDoc(env, f.metadata["topic"], default, f.metadata["help"]))
+    return rows
 
 
 def redact_url(url: str) -> str:

@@ -7,8 +7,9 @@ Two transports, one shape:
   (``{global_keyprefix}/{db}.celeryev/*``) and the raw messages are decoded by
   :mod:`chatbot.eventwire`. Kombu's virtual transport costs several times more per message,
   and on Redis a slow subscriber is not slowed down but *cut off*: once 32 MB of unread
-  messages pile up in its output buffer the server closes the connection and everything
-  published until the reconnect is lost (research: flower.md §5, §6.3).
+  messages pile up in its output buffer (Redis's default ``client-output-buffer-limit pubsub
+  32mb 8mb 60``) the server closes the connection and everything published until the
+  reconnect is lost.
 * **AMQP** (``amqp://``, ``pyamqp://``, ``amqps://``): Celery's own receiver (its queue
   declaration, accept list and ``event_from_message``) on a kombu connection.
 

@@ -216,8 +216,3 @@ def encode_message(
         },
     }
     return json.dumps(envelope).encode("utf-8")
-
-
-def routing_key_for(event_type: str) -> str:
-    """``task-succeeded`` → ``task.succeeded``, as the dispatcher routes it."""
-    return event_type.replace("-", ".")

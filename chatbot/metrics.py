@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,19 +28,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from chatbot.broker import QueueLength
 from chatbot.model import RUNTIME_BUCKETS, FleetCounters, StreamHealth, Worker
 from chatbot.store import FleetStore
 
 # Bucket bounds as label values, rendered once (``le`` strings are what Flower's exposition has).
 _LE = tuple(floatToGoString(bound) for bound in (*RUNTIME_BUCKETS, float("inf")))
-
-
-class QueueLengthLike(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def messages(self) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +45,7 @@ class FleetReading:
     tasks_by_state: Mapping[str, int]
     stream: StreamHealth
     now: float
-    queues: Sequence[QueueLengthLike] = ()
+    queues: Sequence[QueueLength] = ()
     slack_errors: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -61,7 +54,7 @@ def read_fleet(
     *,
     stream: StreamHealth,
     now: float,
-    queues: Sequence[QueueLengthLike] = (),
+    queues: Sequence[QueueLength] = (),
     extra: Iterable[Mapping[str, Any]] = (),
 ) -> FleetReading:
     """A reading from ``store`` plus the facts it does not hold.

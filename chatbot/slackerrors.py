@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-# Slack's usual advice when a 429 carries no usable Retry-After: wait about a second.
+# How long to wait after a 429 that carries no usable Retry-After.
 DEFAULT_RETRY_AFTER = 1.0
 
 

@@ -20,6 +20,7 @@ import pytest
 from celery import Celery
 
 from chatbot.broker import BrokerReader
+from chatbot.broker import QueueLength as Length
 from chatbot.commands import (
     CommandContext,
     CommandSpec,
@@ -822,15 +823,6 @@ class RecordedControl:
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
-
-
-@dataclass(frozen=True)
-class Length:
-    name: str
-    messages: int | None
-    consumers: int | None = None
-    error: str | None = None
-    exists: bool | None = None
 
 
 @dataclass

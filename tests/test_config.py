@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from chatbot.config import ConfigError, Settings, load_settings, redact_url
+from chatbot.config import (
+    TOPICS,
+    ConfigError,
+    Settings,
+    load_settings,
+    redact_url,
+    setting_table,
+)
 
 
 def test_defaults_follow_the_spec() -> None:
@@ -142,3 +150,21 @@ def test_describe_masks_secrets_and_broker_passwords() -> None:
     assert "xoxb-123-secret" not in repr(settings)
     assert redact_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_the_setting_table_documents_every_setting() -> None:
+    rows = setting_table()
+    assert [row.env for row in rows] == [f.metadata["env"] for f in fields(Settings)]
+    for row in rows:
+        assert row.topic in TOPICS, row.env
+        assert row.help.strip() and "\n" not in row.help, row.env
+
+
+def test_the_default_shown_is_the_default() -> None:
+    by_env = {f.metadata["env"]: f for f in fields(Settings)}
+    for row in setting_table():
+        if row.default in {"unset", "the operators"}:
+            assert by_env[row.env].default in {"", (), None}, row.env
+            continue
+        settings = load_settings(environ={row.env: row.default})
+        assert getattr(settings, by_env[row.env].name) == by_env[row.env].default, row.env

@@ -111,7 +111,6 @@ def test_scripted_demo_shows_failures_a_stuck_task_and_an_approved_revoke(
         "quit\n",
         encoding="utf-8",
     )
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "chatbot", "demo", "--script", str(script)],
         cwd=tmp_path,
@@ -121,7 +120,6 @@ def test_scripted_demo_shows_failures_a_stuck_task_and_an_approved_revoke(
         text=True,
         timeout=DEMO_TIMEOUT,
     )
-    elapsed = time.monotonic() - started
     out = result.stdout
     pids = started_pids(out)
     kill_leftovers.extend(pids.values())
@@ -132,6 +130,11 @@ def test_scripted_demo_shows_failures_a_stuck_task_and_an_approved_revoke(
     assert "failed   shop.charge_card" in first_screen and "CardDeclined" in first_screen
     assert "hanging  inventory.sync_supplier_feed" in first_screen
     assert FIRST_SCREEN in first_screen
+    # The first screen waited for those two events, not for its timeout to run out: the hints
+    # carry their ids (a timed-out wait leaves "<id>" placeholders).
+    assert "<id>" not in first_screen
+    hanging_id = re.search(r"hanging  inventory\.sync_supplier_feed (\w{8}):", first_screen)
+    assert hanging_id is not None and f"revoke {hanging_id[1]} --terminate" in first_screen
 
     sections = out.split("celery> ")
     failed = next(s for s in sections if s.startswith("failed\n"))
@@ -149,8 +152,6 @@ def test_scripted_demo_shows_failures_a_stuck_task_and_an_approved_revoke(
     assert "demo stopped" in out
     assert "Traceback" not in out + result.stderr
     assert_nothing_left(pids)
-    # Not a timing assertion: the user-facing promise is "within a minute", with room to spare.
-    assert elapsed < DEMO_TIMEOUT
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "term"])

@@ -3,23 +3,16 @@ rendered by prometheus_client from the fleet collector on a private registry."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from chatbot.broker import QueueLength
 from chatbot.metrics import FleetCollector, FleetReading, fleet_registry, read_fleet
 from chatbot.slack.metrics import SlackMetrics
 from chatbot.store.memory import MemoryStore
 
 T0 = 1_700_000_000.0
-
-
-@dataclass(frozen=True)
-class Queue:
-    name: str
-    messages: int | None
 
 
 def families(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
@@ -49,7 +42,7 @@ def test_metrics_are_valid_prometheus_text_with_flower_names() -> None:
         lambda: read_fleet(
             store,
             stream=store.health(),
-            queues=[Queue("celery", 12), Queue("io", None)],
+            queues=[QueueLength("celery", 12), QueueLength("io", None)],
             now=T0 + 3,
             extra=[{"slack_errors": {"not_in_channel": 2}}],
         )

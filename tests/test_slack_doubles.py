@@ -274,20 +274,12 @@ def test_channel_state(api: MockSlackAPI, client: WebClient) -> None:
     assert err.value.response["error"] == "channel_not_found"
 
 
-def test_usergroups_and_users(api: MockSlackAPI, client: WebClient) -> None:
+def test_usergroups(api: MockSlackAPI, client: WebClient) -> None:
     api.set_usergroup("S0APPROVE", ["U0ALICE"])
     assert client.usergroups_users_list(usergroup="S0APPROVE")["users"] == ["U0ALICE"]
     with pytest.raises(SlackApiError) as err:
         client.usergroups_users_list(usergroup="S0NOPE")
     assert err.value.response["error"] == "no_such_subteam"
-
-    api.set_user("U0ALICE", real_name="Alice Example")
-    user = client.users_info(user="U0ALICE")["user"]
-    assert (user["id"], user["real_name"], user["is_bot"]) == ("U0ALICE", "Alice Example", False)
-    assert client.users_info(user=BOT_USER_ID)["user"]["is_bot"] is True
-    with pytest.raises(SlackApiError) as err:
-        client.users_info(user="nobody")
-    assert err.value.response["error"] == "user_not_found"
 
 
 def test_update_ephemeral_delete(api: MockSlackAPI, client: WebClient) -> None:

@@ -16,8 +16,9 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 from chatbot.alerts.manager import AlertManager
-from chatbot.alerts.scheduler import AlertScheduler, QueueLengthReader
+from chatbot.alerts.scheduler import AlertScheduler
 from chatbot.alerts.sender import POST, UPDATE, SenderHealth, SendResult
+from chatbot.broker import QueueLengthReader
 from chatbot.config import Settings
 from chatbot.console_text import to_text
 from chatbot.model import StreamHealth

@@ -15,14 +15,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from chatbot.alerts.facts import QueueHistory, collect_facts
 from chatbot.alerts.manager import AlertManager, ReconcileResult
 from chatbot.alerts.rules import BACKLOG, Evaluation, evaluate, split_key
-from chatbot.broker import QueueLength, queue_names
+from chatbot.broker import QueueLength, QueueLengthReader, queue_names
 from chatbot.config import Settings
 from chatbot.model import HEARTBEAT_EXPIRE_FACTOR, StreamHealth
 from chatbot.periodic import WRITER, PeriodicJobs, Replicas
@@ -32,12 +32,6 @@ log = logging.getLogger(__name__)
 
 JOB_ID = "alert-check"
 DEFAULT_QUEUE = "celery"
-
-
-class QueueLengthReader(Protocol):
-    """The part of :class:`chatbot.broker.BrokerReader` the check uses."""
-
-    def queue_lengths(self, names: Sequence[str]) -> list[QueueLength]: ...
 
 
 @dataclass(frozen=True)

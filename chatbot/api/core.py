@@ -23,7 +23,7 @@ from chatbot.api.credentials import TokenBook
 from chatbot.api.spec import ApiError, ApiRequest, ApiResponse, Endpoint, parse_params
 from chatbot.approvals import ApprovalService
 from chatbot.audit import AuditLog
-from chatbot.commands.context import QueueLengthInfo
+from chatbot.broker import QueueLength
 from chatbot.config import Settings
 from chatbot.control_port import ControlPort
 from chatbot.render import Message
@@ -120,7 +120,7 @@ class ApiServices:
     store: FleetStore
     settings: Settings
     inspector: ControlPort | None = None
-    queue_lengths: Callable[[], Sequence[QueueLengthInfo]] | None = None
+    queue_lengths: Callable[[], Sequence[QueueLength]] | None = None
     clock: Callable[[], float] = time.time
     # Control: the approval service, where its cards are posted (channel, card) -> ts or None,
     # how a task is sent (name, args, kwargs, options) -> task id, and the audit trail.

@@ -6,7 +6,7 @@ Faces (Slack, console) build one :class:`Dispatcher` over :func:`build_registry`
 
 from __future__ import annotations
 
-from chatbot.commands.context import CommandContext, QueueLengthInfo, QueueReader
+from chatbot.commands.context import CommandContext
 from chatbot.commands.parser import ArgSpec, Flag, ParsedArgs, Positional, UsageError
 from chatbot.commands.readonly import register_readonly
 from chatbot.commands.registry import CommandSpec, Dispatcher, Handler, Prepared, Registry
@@ -27,8 +27,6 @@ __all__ = [
     "ParsedArgs",
     "Positional",
     "Prepared",
-    "QueueLengthInfo",
-    "QueueReader",
     "Registry",
     "UsageError",
     "build_registry",

@@ -1,52 +1,24 @@
 """What a command handler gets: the store, the broker and control seen through narrow Protocols.
 
-The broker is seen through what the commands use of ``chatbot.broker.BrokerReader``, the
-workers through the one :class:`~chatbot.control_port.ControlPort`. Commands never import the
-real classes (structural typing), so they and a recorded test double are interchangeable.
+The broker is seen through the broker layer's one
+:class:`~chatbot.broker.QueueLengthReader`, the workers through the one
+:class:`~chatbot.control_port.ControlPort`. Commands never import the real classes (structural
+typing), so they and a recorded test double are interchangeable.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from chatbot.broker import QueueLengthReader
 from chatbot.config import Settings
 from chatbot.control_port import ControlPort
 from chatbot.model import StreamHealth
 from chatbot.render import Renderer
 from chatbot.store import FleetStore
-
-
-class QueueLengthInfo(Protocol):
-    """One queue's length; ``messages`` is None when it could not be read (never guess 0)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def messages(self) -> int | None: ...
-
-    @property
-    def consumers(self) -> int | None: ...
-
-    @property
-    def error(self) -> str | None: ...
-
-    @property
-    def exists(self) -> bool | None:
-        """False: the broker says there is no such queue (RabbitMQ); None: cannot tell."""
-        ...
-
-
-class QueueReader(Protocol):
-    """The part of ``BrokerReader`` the commands use."""
-
-    @property
-    def broker_name(self) -> str: ...
-
-    def queue_lengths(self, names: Sequence[str]) -> Sequence[QueueLengthInfo]: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +28,7 @@ class CommandContext:
     store: FleetStore
     settings: Settings
     renderer: Renderer
-    broker: QueueReader | None = None
+    broker: QueueLengthReader | None = None
     control: ControlPort | None = None
     user_id: str = ""
     channel_id: str = ""
@@ -80,5 +52,5 @@ if TYPE_CHECKING:
     from chatbot.broker import BrokerReader
 
     def _conforms(broker: BrokerReader) -> None:
-        reader: QueueReader = broker
+        reader: QueueLengthReader = broker
         del reader

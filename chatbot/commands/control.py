@@ -38,8 +38,8 @@ from chatbot.commands.parser import (
     parse_state,
     parse_task_id,
 )
-from chatbot.commands.readonly import resolve_task_id, resolve_task_name, resolve_worker
 from chatbot.commands.registry import CommandSpec, Registry
+from chatbot.commands.resolve import resolve_task_id, resolve_task_name, resolve_worker
 from chatbot.control import validate_rate, validate_signal
 from chatbot.model import FINISHED_STATES, PENDING, RECEIVED, RETRY, STARTED, Task
 from chatbot.render import Message

@@ -6,7 +6,6 @@ states how fresh the event stream is, because "no failures" from a blind bot is 
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 from collections import Counter
@@ -14,10 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chatbot.broker import queue_names
-from chatbot.commands.context import CommandContext, QueueLengthInfo
+from chatbot.broker import QueueLength, queue_names
+from chatbot.commands.context import CommandContext
 from chatbot.commands.parser import (
-    MIN_ID_PREFIX,
     ArgSpec,
     Flag,
     ParsedArgs,
@@ -30,6 +28,7 @@ from chatbot.commands.parser import (
     parse_task_id,
 )
 from chatbot.commands.registry import CommandSpec, Registry
+from chatbot.commands.resolve import resolve_task_id, resolve_task_name, resolve_worker
 from chatbot.control import WorkerReply, consumed_queues, pool_facts
 from chatbot.model import (
     FAILURE,
@@ -84,67 +83,6 @@ def _render(ctx: CommandContext, template: str, now: float, **values: Any) -> Me
     return ctx.renderer.render(template, **{**_stream_facts(ctx, now), **values})
 
 
-def resolve_task_id(ctx: CommandContext, raw: str) -> str:
-    """A full id, or a unique prefix of at least MIN_ID_PREFIX characters."""
-    if ctx.store.get_task(raw) is not None:
-        return raw
-    if len(raw) < MIN_ID_PREFIX:
-        raise UsageError(
-            f"no task with id {raw!r}; give the full id or at least {MIN_ID_PREFIX} characters"
-        )
-    for candidate in dict.fromkeys((raw, raw.lower())):
-        found = ctx.store.find_task_ids(candidate, limit=3)
-        if len(found) == 1:
-            return found[0]
-        if len(found) > 1:
-            shown = ", ".join(found[:2]) + (", ..." if len(found) > 2 else "")
-            raise UsageError(f"{raw!r} matches several tasks ({shown}); give more characters")
-    raise UsageError(
-        f"unknown task {raw!r}: not among the {len(ctx.store)} tasks retained"
-        " (never seen, or evicted)"
-    )
-
-
-def resolve_worker(ctx: CommandContext, raw: str) -> str:
-    """A hostname, or a unique part of one (``w1`` for ``celery@w1``)."""
-    hostnames = sorted(w.hostname for w in ctx.store.workers())
-    if raw in hostnames:
-        return raw
-    matches = [h for h in hostnames if raw.lower() in h.lower()]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        shown = ", ".join(matches[:4]) + (", ..." if len(matches) > 4 else "")
-        raise UsageError(f"worker {raw!r} is ambiguous: {shown}")
-    known = ", ".join(hostnames[:4]) + (", ..." if len(hostnames) > 4 else "")
-    raise UsageError(f"unknown worker {raw!r} (known: {known or 'none yet'})")
-
-
-@dataclass(frozen=True)
-class NameLookup:
-    name: str
-    known: bool  # seen recently; if not, `suggestions` may help
-    suggestions: tuple[str, ...] = ()
-
-
-def resolve_task_name(ctx: CommandContext, raw: str) -> NameLookup:
-    """An exact task name, or a unique last part of one (``send_email``)."""
-    names = ctx.store.task_names()
-    if raw in names:
-        return NameLookup(raw, True)
-    by_suffix = [n for n in names if n.endswith("." + raw) or n.rsplit(".", 1)[-1] == raw]
-    if len(by_suffix) == 1:
-        return NameLookup(by_suffix[0], True)
-    if len(by_suffix) > 1:
-        raise UsageError(f"task name {raw!r} is ambiguous: {', '.join(by_suffix[:4])}")
-    # Suggest, never guess: a name that merely contains the word may be another task.
-    containing = [n for n in names if raw.lower() in n.lower()]
-    last_parts = {n.rsplit(".", 1)[-1]: n for n in names}
-    close = [last_parts[p] for p in difflib.get_close_matches(raw, list(last_parts), n=3)]
-    suggestions = list(dict.fromkeys([*containing, *close]))[:3]
-    return NameLookup(raw, False, tuple(suggestions))
-
-
 @dataclass(frozen=True)
 class QueueRow:
     name: str
@@ -163,7 +101,7 @@ def _read_queues(
         return None, "no broker reader (CELERY_BROKER_URL not set?)"
     names = queue_names(workers, ctx.settings.queues, DEFAULT_QUEUE)
     try:
-        lengths: Sequence[QueueLengthInfo] = ctx.broker.queue_lengths(names)
+        lengths: Sequence[QueueLength] = ctx.broker.queue_lengths(names)
     except Exception as exc:  # the broker is a network peer: any failure is reported, not raised
         logger.warning("reading queue lengths failed", exc_info=True)
         return None, _scrub(f"{type(exc).__name__}: {exc}")

@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from chatbot.check import REQUIRED_BOT_SCOPES
 from chatbot.render.blockkit import SLACK_TEXT_MAX, VIEW_MAX_BLOCKS, validate_blocks
 from tests.support.slack_payloads import (
     APP_ID,
@@ -56,21 +57,10 @@ __all__ = [
     "validate_blocks",
 ]
 
-# The bot scopes of the app manifest (docs: chatops research §2.8), so that by default the
-# double grants what a correctly installed app has, and no more.
-DEFAULT_SCOPES: tuple[str, ...] = (
-    "commands",
-    "chat:write",
-    "chat:write.public",
-    "app_mentions:read",
-    "im:history",
-    "im:write",
-    "reactions:write",
-    "users:read",
-    "usergroups:read",
-    "channels:read",
-    "groups:read",
-)
+# The bot scopes of manifest.yml (tests/test_manifest.py keeps the two identical), so that by
+# default the double grants what a correctly installed app has, and no more: a call that needs
+# another scope fails here as it would in a real workspace.
+DEFAULT_SCOPES: tuple[str, ...] = tuple(REQUIRED_BOT_SCOPES)
 
 # slack_sdk JSON-encodes these arguments when it sends a form body; they are decoded for
 # recording so tests see the same structure whichever encoding the client picked.
@@ -96,16 +86,10 @@ _METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "chat.postEphemeral": ("chat:write",),
     "chat.delete": ("chat:write",),
     "usergroups.users.list": ("usergroups:read",),
-    "users.info": ("users:read",),
-    "reactions.add": ("reactions:write",),
-    "reactions.remove": ("reactions:write",),
-    "conversations.open": ("im:write", "mpim:write"),
-    "conversations.join": ("channels:join",),
 }
 _CONVERSATION_READ_SCOPE = {"C": "channels:read", "G": "groups:read", "D": "im:read"}
 
 _APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
-_NO_AUTH_METHODS = frozenset({"api.test"})
 
 _USER_ID_RE = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _CONVERSATION_ID_RE = re.compile(r"^[CGD][A-Z0-9]{2,}$")
@@ -266,7 +250,6 @@ class MockSlackAPI:
         self._revoked: dict[str, str] = {}
         self._usergroups: dict[str, list[str]] = {}
         self._channels: dict[str, _Channel] = {}
-        self._users: dict[str, dict[str, Any]] = {}
         self._messages: dict[tuple[str, str], dict[str, Any]] = {}
         self._deleted: set[tuple[str, str]] = set()
         self._home_views: dict[str, dict[str, Any]] = {}
@@ -327,10 +310,6 @@ class MockSlackAPI:
     def response_url(self, name: str) -> str:
         """A ``response_url`` whose posts are recorded under ``name`` (see :meth:`responses`)."""
         return f"http://127.0.0.1:{self.port}/response/{name}"
-
-    def attach_socket_mode(self, server: SocketModeEndpoint | None) -> None:
-        with self._cond:
-            self._socket_mode = server
 
     # ------------------------------------------------------------------ recording
 
@@ -448,11 +427,6 @@ class MockSlackAPI:
                 is_private=channel_id.startswith("G") if is_private is None else is_private,
             )
 
-    def set_user(self, user_id: str, **fields: Any) -> None:
-        """Override fields of the ``users.info`` user object (e.g. ``real_name``, ``deleted``)."""
-        with self._cond:
-            self._users[user_id] = dict(fields)
-
     def set_handler(
         self, method: str, handler: Callable[[dict[str, Any]], dict[str, Any]] | None
     ) -> None:
@@ -532,31 +506,30 @@ class MockSlackAPI:
 
     def _answer(self, method: str, params: dict[str, Any], token: str | None) -> _Reply:
         headers: dict[str, str] = {}
-        if method not in _NO_AUTH_METHODS:
-            if not token:
-                return _Reply(200, _err("not_authed"))
-            if token in self._revoked:
-                return _Reply(200, _err(self._revoked[token]))
-            is_bot, is_app = token.startswith("xoxb-"), token.startswith("xapp-")
-            if not (is_bot or is_app):
-                return _Reply(200, _err("invalid_auth"))
-            # Slack reports the token's scopes on every response; slack_sdk and Bolt read them.
-            headers["x-oauth-scopes"] = ",".join(self._scopes) if is_bot else "connections:write"
-            if is_app != (method in _APP_TOKEN_METHODS):
-                return _Reply(200, _err("not_allowed_token_type"), headers)
-            needed = self._needed_scopes(method, params)
-            if needed:
-                headers["x-accepted-oauth-scopes"] = ",".join(needed)
-                if is_bot and not set(needed) & set(self._scopes):
-                    return _Reply(
-                        200,
-                        _err(
-                            "missing_scope",
-                            needed=",".join(needed),
-                            provided=",".join(self._scopes),
-                        ),
-                        headers,
-                    )
+        if not token:
+            return _Reply(200, _err("not_authed"))
+        if token in self._revoked:
+            return _Reply(200, _err(self._revoked[token]))
+        is_bot, is_app = token.startswith("xoxb-"), token.startswith("xapp-")
+        if not (is_bot or is_app):
+            return _Reply(200, _err("invalid_auth"))
+        # Slack reports the token's scopes on every response; slack_sdk and Bolt read them.
+        headers["x-oauth-scopes"] = ",".join(self._scopes) if is_bot else "connections:write"
+        if is_app != (method in _APP_TOKEN_METHODS):
+            return _Reply(200, _err("not_allowed_token_type"), headers)
+        needed = self._needed_scopes(method, params)
+        if needed:
+            headers["x-accepted-oauth-scopes"] = ",".join(needed)
+            if is_bot and not set(needed) & set(self._scopes):
+                return _Reply(
+                    200,
+                    _err(
+                        "missing_scope",
+                        needed=",".join(needed),
+                        provided=",".join(self._scopes),
+                    ),
+                    headers,
+                )
         fault = self._pop_fault(method)
         if fault is not None:
             return _Reply(fault.status, dict(fault.body), {**headers, **fault.headers})
@@ -582,9 +555,6 @@ class MockSlackAPI:
         return f"{self._last_ts_us // 1_000_000}.{self._last_ts_us % 1_000_000:06d}"
 
     # ------------------------------------------------------------------ methods
-
-    def _m_api_test(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"ok": True, "args": params}
 
     def _m_auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -713,18 +683,6 @@ class MockSlackAPI:
         self._deleted.add((channel, ts))
         return {"ok": True, "channel": channel, "ts": ts}
 
-    def _m_chat_getPermalink(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = str(params.get("channel") or "")
-        ts = str(params.get("message_ts") or "")
-        if not channel or not ts:
-            return _err("message_not_found")
-        path = f"archives/{channel}/p{ts.replace('.', '')}"
-        return {
-            "ok": True,
-            "channel": channel,
-            "permalink": f"https://{TEAM_DOMAIN}.slack.com/{path}",
-        }
-
     def _m_views_publish(self, params: dict[str, Any]) -> dict[str, Any]:
         user_id = str(params.get("user_id") or "")
         view = params.get("view")
@@ -767,35 +725,6 @@ class MockSlackAPI:
             return _err("no_such_subteam")
         return {"ok": True, "users": list(members)}
 
-    def _m_users_info(self, params: dict[str, Any]) -> dict[str, Any]:
-        user_id = str(params.get("user") or "")
-        override = self._users.get(user_id)
-        if override is None and not _USER_ID_RE.match(user_id):
-            return _err("user_not_found")
-        is_bot = user_id == BOT_USER_ID
-        name = BOT_USER_NAME if is_bot else user_id.lower()
-        user: dict[str, Any] = {
-            "id": user_id,
-            "team_id": TEAM_ID,
-            "name": name,
-            "deleted": False,
-            "real_name": name,
-            "tz": "Etc/UTC",
-            "tz_label": "Coordinated Universal Time",
-            "tz_offset": 0,
-            "profile": {"real_name": name, "display_name": name, "team": TEAM_ID},
-            "is_admin": False,
-            "is_owner": False,
-            "is_bot": is_bot,
-            "is_app_user": False,
-            "updated": int(time.time()),
-        }
-        if override:
-            user.update(override)
-            if "real_name" in override:
-                user["profile"]["real_name"] = override["real_name"]
-        return {"ok": True, "user": user}
-
     def _channel_object(self, channel_id: str) -> dict[str, Any]:
         state = self._channels.get(channel_id) or _Channel(
             id=channel_id, name=channel_id.lower(), is_private=channel_id.startswith("G")
@@ -826,35 +755,6 @@ class MockSlackAPI:
         if channel_id not in self._channels and not _CONVERSATION_ID_RE.match(channel_id):
             return _err("channel_not_found")
         return {"ok": True, "channel": self._channel_object(channel_id)}
-
-    def _m_conversations_join(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel_id = str(params.get("channel") or "")
-        state = self._channels.get(channel_id)
-        if state is not None and state.is_archived:
-            return _err("is_archived")
-        if state is not None and state.is_private:
-            return _err("method_not_supported_for_channel_type")
-        if not _CONVERSATION_ID_RE.match(channel_id) and state is None:
-            return _err("channel_not_found")
-        if state is not None:
-            state.is_member = True
-        return {"ok": True, "channel": self._channel_object(channel_id)}
-
-    def _m_conversations_open(self, params: dict[str, Any]) -> dict[str, Any]:
-        users = [u for u in str(params.get("users") or "").split(",") if u]
-        if not users:
-            return _err("users_list_not_supplied")
-        return {"ok": True, "channel": {"id": self._resolve_channel(users[0])}}
-
-    def _m_reactions_add(self, params: dict[str, Any]) -> dict[str, Any]:
-        if not params.get("channel") or not params.get("timestamp"):
-            return _err("message_not_found")
-        if not params.get("name"):
-            return _err("invalid_name")
-        return {"ok": True}
-
-    def _m_reactions_remove(self, params: dict[str, Any]) -> dict[str, Any]:
-        return self._m_reactions_add(params)
 
     # ------------------------------------------------------------------ response_url
 

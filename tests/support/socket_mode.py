@@ -111,12 +111,6 @@ class MockSocketModeServer:
     # ------------------------------------------------------------------ observing
 
     @property
-    def connection_count(self) -> int:
-        """Connections open right now."""
-        with self._cond:
-            return len(self._open)
-
-    @property
     def total_connections(self) -> int:
         """Connections accepted since start (a reconnect adds one)."""
         with self._cond:
@@ -195,14 +189,6 @@ class MockSocketModeServer:
         """Ask the client to reconnect, as Slack does before it recycles a connection."""
         message = {"type": "disconnect", "reason": reason, "debug_info": {"host": "applink-mock"}}
         self._send(json.dumps(message), timeout)
-
-    def close_connections(self) -> None:
-        """Close every open connection with a close frame (the client may reconnect)."""
-        with self._cond:
-            conns = list(self._open)
-        for conn in conns:
-            # Closing runs outside the lock: the handler thread takes it on the way out.
-            conn.close(code=1001, reason="going away")
 
     def _send(self, text: str, timeout: float) -> None:
         with self._cond:
