@@ -423,7 +423,7 @@ LIMIT_CASES: list[tuple[str, Callable[[int], dict[str, Any]], int, str, bool]] =
         lambda n: {"type": "section", "fields": [_mrkdwn("x" * n)]},
         FIELD_TEXT_MAX,
         "/blocks/0/fields/0/text",
-        False,  # slack_sdk does not check a field's length; Slack's docs say 2,000
+        False,  # slack_sdk does not check a field's length; Slack rejects one over 2,000
     ),
     (
         "header text",

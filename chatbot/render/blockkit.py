@@ -20,7 +20,7 @@ from typing import Any
 
 from chatbot.render.text import ELLIPSIS, entity_safe_end
 
-# -- the limits (chatops research §2.5; the *_max_length fields of slack_sdk.models.blocks) ----
+# -- the limits (the *_max_length fields of slack_sdk.models.blocks, and Slack's 50 blocks) ----
 MESSAGE_MAX_BLOCKS = 50
 VIEW_MAX_BLOCKS = 100  # Home tab and modals
 SECTION_TEXT_MAX = 3000

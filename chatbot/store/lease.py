@@ -1,7 +1,7 @@
 """The ingest lease: exactly one replica consumes events and runs the scheduler at a time.
 
-Slack's Socket Mode hands each request to any one open connection (research: chatops.md
-§2.2), so every replica answers commands; but events must be applied, and alerts posted, by one
+Slack's Socket Mode hands each request to any one open connection of the app, so every
+replica answers commands; but events must be applied, and alerts posted, by one
 replica only, or they would be written twice and alerts duplicated. The holder is the replica
 whose token sits in ``<prefix>:lease:<name>``, a Redis key with a TTL that the holder keeps
 extending. A holder that dies (crash, SIGKILL, network partition) stops extending it; the key

@@ -2,9 +2,9 @@
 
 Records are spelled by :mod:`chatbot.store.codec`, as in Redis.
 
-:class:`SnapshotWriter` (``CHATOPS_SNAPSHOT_PATH``) learns from Flower's persistence (research:
-flower.md §1.9). Flower pickles its whole state on the I/O loop, blocking events and HTTP for
-seconds, and a corrupt shelve file made it crash on every start (#1398, #1403). Here:
+:class:`SnapshotWriter` (``CHATOPS_SNAPSHOT_PATH``) avoids two failure modes of a persistence
+that pickles its whole state on the I/O loop (as Flower's ``--persistent`` does): events and
+HTTP blocked for seconds while it writes, and a corrupt file that fails every start. Here:
 
 - records are copied under the store's lock (one brief acquisition per kind) and serialised and
   written outside it, on a background thread;
