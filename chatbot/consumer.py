@@ -37,8 +37,10 @@ import redis
 import redis.exceptions
 
 from chatbot.config import redact_url
+from chatbot.eventcheck import REASONS, EventChecker
 from chatbot.eventwire import (
     EVENT_EXCHANGE,
+    WIRE_REASONS,
     Localizer,
     MalformedMessage,
     accept_content,
@@ -68,6 +70,12 @@ _IDLE_PING = 15.0  # an idle subscription sends PING so a dead peer is noticed
 _AMQP_HEARTBEAT_CHECK = 1.0
 # A raw event message is ~0.6-2 KB; an already-decoded AMQP event is charged as this many.
 _DECODED_EVENT_COST = 1024
+# Received events waiting this long without one being applied: intake is stalled (/healthz).
+STALL_SECONDS = 30.0
+# A thread that ran this long before dying starts its restart backoff from the beginning.
+_RESTART_RESET = 60.0
+# The reasons a message or event is dropped, each counted apart: a fixed set, so a label.
+DROP_REASONS = frozenset({*WIRE_REASONS, *REASONS, "undecodable"})
 
 _CERT_REQS = {
     "cert_required": "required",
@@ -77,10 +85,6 @@ _CERT_REQS = {
     "cert_none": "none",
     "none": "none",
 }
-
-
-class _ServerClosed(ConnectionError):
-    """The broker ended our subscription: whatever it published meanwhile is lost."""
 
 
 def _cert_reqs(value: object) -> str | None:
@@ -199,6 +203,7 @@ class EventConsumer:
         serializer = app.conf.event_serializer if app is not None else "json"
         self._accept = accept_content([serializer or "json"])
         self._localizer = Localizer()
+        self._checker = EventChecker()
 
         # Reader → applier hand-off. deque append/popleft are atomic under the GIL; the
         # counters each have a single writer, so their difference is a lock-free backlog.
@@ -213,6 +218,10 @@ class EventConsumer:
 
         self._stats_lock = threading.Lock()
         self._malformed = 0
+        self._malformed_by_reason: dict[str, int] = {}
+        self._intake_restarts = 0
+        self._intake_down: dict[str, str] = {}  # thread role -> why it died, until restarted
+        self._last_progress = time.monotonic()  # the applier last took or finished a batch
         self._reconnects = 0
         self._disconnects_by_server = 0
         self._last_error: str | None = None
@@ -234,11 +243,17 @@ class EventConsumer:
         if not self._fast or self._heartbeat is None or self._enable_events is None:
             # Built here, once, before two threads could race to build it.
             self._kombu_app()
-        target = self._run_redis if self._fast else self._run_kombu
-        self._threads = [threading.Thread(target=target, name="chatops-events-reader", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._run_reader, name="chatops-events-reader", daemon=True)
+        ]
         if self._split:
             self._threads.append(
-                threading.Thread(target=self._run_applier, name="chatops-events-apply", daemon=True)
+                threading.Thread(
+                    target=self._supervise,
+                    args=("applier", self._run_applier),
+                    name="chatops-events-apply",
+                    daemon=True,
+                )
             )
         self._threads.append(
             threading.Thread(target=self._run_control, name="chatops-events-control", daemon=True)
@@ -271,8 +286,35 @@ class EventConsumer:
     def malformed(self) -> int:
         return self._malformed
 
+    @property
+    def intake_restarts(self) -> int:
+        """How often the reader or the applier thread died and was restarted."""
+        return self._intake_restarts
+
+    def intake_problem(self, stall_after: float = STALL_SECONDS) -> str | None:
+        """Why events are not being taken in, or None: a thread that died (and is waiting to
+        be restarted) or ended, or received events of which none was applied for
+        ``stall_after`` seconds. ``/healthz`` answers 503 with it."""
+        if not self._started or self._stopping.is_set():
+            return None
+        with self._stats_lock:
+            down = dict(self._intake_down)
+        if down:
+            return "event intake " + "; ".join(
+                f"{role} died ({why}), restarting" for role, why in sorted(down.items())
+            )
+        ended = [t.name for t in self._threads if not t.is_alive()]
+        if ended:
+            return "event intake thread ended: " + ", ".join(ended)
+        lag = self.lag_events
+        idle = time.monotonic() - self._last_progress
+        if lag > 0 and idle > stall_after:
+            return f"event intake stalled: {lag} events received, none applied for {idle:.0f} s"
+        return None
+
     def health_into(self, h: StreamHealth) -> StreamHealth:
         """Fill the consumer's half of ``h`` (the store fills the rest); returns ``h``."""
+        problem = self.intake_problem()
         with self._stats_lock:
             h.connected = self.connected
             h.broker = redact_url(self.broker_url)
@@ -280,8 +322,42 @@ class EventConsumer:
             h.disconnects_by_server = self._disconnects_by_server
             h.last_error = self._last_error
             h.malformed += self._malformed
+            by_reason = h.malformed_by_reason
+            for reason, count in self._malformed_by_reason.items():
+                by_reason[reason] = by_reason.get(reason, 0) + count
+            h.intake_restarts = self._intake_restarts
+        h.intake_problem = problem
         h.lag_events = self.lag_events
         return h
+
+    def _supervise(self, role: str, run: Callable[[], None]) -> None:
+        """Run ``run`` until it returns; if it raises, count the death and restart it.
+
+        Per-event failures never get here (``_process`` drops and counts them); this is for
+        the bug nobody foresaw, which must cost a restart, shown in health, not the stream.
+        """
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                run()
+                return
+            except Exception as exc:
+                if time.monotonic() - started > _RESTART_RESET:
+                    failures = 0
+                failures += 1
+                why = f"{type(exc).__name__}: {str(exc)[:200]}"
+                with self._stats_lock:
+                    self._intake_restarts += 1
+                    self._intake_down[role] = why
+                log.exception("Event %s crashed (%d in a row); restarting it", role, failures)
+                if role == "reader":
+                    self._connected.clear()
+                delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** min(failures - 1, 6))
+                if self._stopping.wait(delay):
+                    return
+                with self._stats_lock:
+                    del self._intake_down[role]  # restarting now
 
     # -- shared bookkeeping ----------------------------------------------------------
     def _on_connected(self) -> None:
@@ -310,16 +386,21 @@ class EventConsumer:
                 redact_url(self.broker_url),
             )
 
-    def _count_malformed(self, reason: str) -> None:
+    def _count_malformed(self, reason: str, detail: str) -> None:
+        """Count a dropped message or event under ``reason`` (one of DROP_REASONS)."""
+        if reason not in DROP_REASONS:
+            reason = "undecodable"
         with self._stats_lock:
             self._malformed += 1
-            first = self._malformed == 1
-        # The first one is worth a warning (a misconfigured serializer looks like this);
-        # after that a flood of garbage must not flood the log.
-        if first:
-            log.warning("Dropped an undecodable event message: %s", reason)
+            by_reason = self._malformed_by_reason
+            count = by_reason[reason] = by_reason.get(reason, 0) + 1
+        # The first of each reason is worth a warning (a misconfigured serializer looks like
+        # this); after that a flood of garbage must not flood the log. The detail names the
+        # field and the problem, never the value: a value may be a secret.
+        if count == 1:
+            log.warning("Dropped a malformed event message (%s): %s", reason, detail[:300])
         else:
-            log.debug("Dropped an undecodable event message: %s", reason)
+            log.debug("Dropped a malformed event message (%s): %s", reason, detail[:300])
 
     def _backoff(self, attempt: int, was_good: bool) -> bool:
         """Sleep before reconnect attempt ``attempt``; False if stopping."""
@@ -351,57 +432,66 @@ class EventConsumer:
     # -- applier ---------------------------------------------------------------------
     def _run_applier(self) -> None:
         buffer = self._buffer
-        try:
-            while True:
-                if not buffer:
-                    if self._reader_done.is_set():
-                        return
-                    self._applier_idle = True
-                    if not buffer:  # re-check after publishing the flag: no lost wake-up
-                        self._wake.wait(0.5)
-                    self._wake.clear()
-                    self._applier_idle = False
-                    # Let a trickle accumulate into one batch instead of one lock per event.
-                    if buffer and self.batch_window and not self._stopping.is_set():
-                        time.sleep(self.batch_window)
-                    continue
-                take = min(len(buffer), self.batch_max)
-                items = [buffer.popleft() for _ in range(take)]
-                self._process(items)
-        except Exception:  # pragma: no cover - a bug here must not pass silently
-            log.exception("Event applier crashed")
+        while True:
+            if not buffer:
+                self._last_progress = time.monotonic()
+                if self._reader_done.is_set():
+                    return
+                self._applier_idle = True
+                if not buffer:  # re-check after publishing the flag: no lost wake-up
+                    self._wake.wait(0.5)
+                self._wake.clear()
+                self._applier_idle = False
+                # Let a trickle accumulate into one batch instead of one lock per event.
+                if buffer and self.batch_window and not self._stopping.is_set():
+                    time.sleep(self.batch_window)
+                continue
+            take = min(len(buffer), self.batch_max)
+            items = [buffer.popleft() for _ in range(take)]
+            self._process(items)
+            self._last_progress = time.monotonic()
 
     def _process(self, items: list[Any]) -> None:
-        """Decode raw messages (Redis) or take decoded events (AMQP) and apply them."""
+        """Decode raw messages (Redis) or take decoded events (AMQP), check and apply them.
+
+        Whatever one message or event does (not JSON, nested past any parser's depth, fields
+        of the wrong type, a value the checker or a decoder chokes on), it is counted and
+        dropped here and the next one is taken: nothing one event carries may end the thread.
+        """
         events: list[dict[str, Any]] = []
         localizer = self._localizer
         localizer.refresh_offset()
+        localize = localizer.localize
+        checker = self._checker
+        checker.refresh()
+        check = checker.check
+        append = events.append
         now = self._clock()
         cost = 0
         accept = self._accept
         for item in items:
-            if isinstance(item, dict):  # already through Celery's event_from_message
-                events.append(item)
-                cost += _DECODED_EVENT_COST
-                continue
-            cost += len(item)
             try:
+                if type(item) is dict:  # already through Celery's event_from_message
+                    cost += _DECODED_EVENT_COST
+                    append(check(item))
+                    continue
+                cost += len(item)
                 body = decode_body(item, accept)
+                if type(body) is list:
+                    for event in body:
+                        try:
+                            localize(check(event), now)
+                        except MalformedMessage as exc:
+                            self._count_malformed(exc.reason, str(exc))
+                            continue
+                        append(event)
+                else:
+                    localize(check(body), now)
+                    append(body)
             except MalformedMessage as exc:
-                self._count_malformed(str(exc))
-                continue
-            if isinstance(body, list):
-                for event in body:
-                    if is_event(event):
-                        localizer.localize(event, now)
-                        events.append(event)
-                    else:
-                        self._count_malformed("an event in a list is not an object with a type")
-            elif is_event(body):
-                localizer.localize(body, now)
-                events.append(body)
-            else:
-                self._count_malformed("body is not an event object")
+                self._count_malformed(exc.reason, str(exc))
+            except Exception as exc:  # a decoder's or the checker's bug: this message only
+                self._count_malformed("undecodable", f"{type(exc).__name__}: {str(exc)[:200]}")
         self._pending_events = len(events)
         self._msgs_out += len(items)
         self._bytes_out += cost
@@ -463,35 +553,38 @@ class EventConsumer:
             raise redis.exceptions.ConnectionError(f"unexpected reply to SUBSCRIBE: {reply!r}")
         return conn
 
-    def _run_redis(self) -> None:
-        attempt = 0
-        was_good = False
+    # -- reader (either transport) ----------------------------------------------------
+    def _run_reader(self) -> None:
         try:
-            while not self._stopping.is_set():
-                conn: redis.Connection | None = None
-                sessions = self._sessions
-                try:
-                    conn = self._redis_connect()
-                    self._on_connected()
-                    self._redis_read(conn)
-                    self._on_disconnected(None, False)
-                except (redis.exceptions.RedisError, OSError, ValueError) as exc:
-                    by_server = self._sessions != sessions and _closed_by_server(exc)
-                    self._on_disconnected(exc, by_server)
-                finally:
-                    if conn is not None:
-                        conn.disconnect()
-                if self._sessions != sessions:
-                    attempt, was_good = 0, True
-                if self._stopping.is_set() or not self._backoff(attempt, was_good):
-                    break
-                attempt += 1
-        except Exception:  # pragma: no cover - a bug here must not pass silently
-            log.exception("Event reader crashed")
+            self._supervise("reader", self._run_redis if self._fast else self._run_kombu)
         finally:
             self._connected.clear()
             self._reader_done.set()
             self._wake.set()
+
+    # -- Redis fast path, continued --------------------------------------------------
+    def _run_redis(self) -> None:
+        attempt = 0
+        was_good = False
+        while not self._stopping.is_set():
+            conn: redis.Connection | None = None
+            sessions = self._sessions
+            try:
+                conn = self._redis_connect()
+                self._on_connected()
+                self._redis_read(conn)
+                self._on_disconnected(None, False)
+            except (redis.exceptions.RedisError, OSError, ValueError) as exc:
+                by_server = self._sessions != sessions and _closed_by_server(exc)
+                self._on_disconnected(exc, by_server)
+            finally:
+                if conn is not None:
+                    conn.disconnect()
+            if self._sessions != sessions:
+                attempt, was_good = 0, True
+            if self._stopping.is_set() or not self._backoff(attempt, was_good):
+                break
+            attempt += 1
 
     def _redis_read(self, conn: redis.Connection) -> None:
         put = self._put
@@ -552,40 +645,33 @@ class EventConsumer:
     def _run_kombu(self) -> None:
         attempt = 0
         was_good = False
-        try:
-            app = self._kombu_app()
-            while not self._stopping.is_set():
-                conn: KombuConnection | None = None
-                sessions = self._sessions
-                try:
-                    conn = app.connection_for_read(
-                        self.broker_url,
-                        transport_options=dict(self._transport_options),
-                        connect_timeout=self._connect_timeout,
-                    )
-                    self._kombu_consume(app, conn)
-                    self._on_disconnected(None, False)
-                except Exception as exc:
-                    # Errors differ per transport (socket, amqp, redis-py); all mean "reconnect".
-                    by_server = self._sessions != sessions and _closed_by_server(exc)
-                    self._on_disconnected(exc, by_server)
-                finally:
-                    if conn is not None:
-                        try:
-                            conn.release()
-                        except Exception:
-                            log.debug("closing the event connection failed", exc_info=True)
-                if self._sessions != sessions:
-                    attempt, was_good = 0, True
-                if self._stopping.is_set() or not self._backoff(attempt, was_good):
-                    break
-                attempt += 1
-        except Exception:  # pragma: no cover
-            log.exception("Event reader crashed")
-        finally:
-            self._connected.clear()
-            self._reader_done.set()
-            self._wake.set()
+        app = self._kombu_app()
+        while not self._stopping.is_set():
+            conn: KombuConnection | None = None
+            sessions = self._sessions
+            try:
+                conn = app.connection_for_read(
+                    self.broker_url,
+                    transport_options=dict(self._transport_options),
+                    connect_timeout=self._connect_timeout,
+                )
+                self._kombu_consume(app, conn)
+                self._on_disconnected(None, False)
+            except Exception as exc:
+                # Errors differ per transport (socket, amqp, redis-py); all mean "reconnect".
+                by_server = self._sessions != sessions and _closed_by_server(exc)
+                self._on_disconnected(exc, by_server)
+            finally:
+                if conn is not None:
+                    try:
+                        conn.release()
+                    except Exception:
+                        log.debug("closing the event connection failed", exc_info=True)
+            if self._sessions != sessions:
+                attempt, was_good = 0, True
+            if self._stopping.is_set() or not self._backoff(attempt, was_good):
+                break
+            attempt += 1
 
     def _kombu_consume(self, app: Celery, conn: KombuConnection) -> None:
         from kombu import Consumer
@@ -602,17 +688,17 @@ class EventConsumer:
             batch = body if isinstance(body, list) else [body]
             for event in batch:
                 if not is_event(event):
-                    self._count_malformed("body is not an event object")
+                    self._count_malformed("not-an-event", "body is not an event object")
                     continue
                 try:
                     _, localized = from_message(event)
-                except (TypeError, ValueError, KeyError) as exc:
-                    self._count_malformed(f"bad event fields: {exc}")
+                except Exception as exc:  # Celery's arithmetic on whatever the fields hold
+                    self._count_malformed("undecodable", f"bad event fields: {exc}"[:300])
                     continue
                 put(localized, _DECODED_EVENT_COST)
 
         def on_decode_error(message: Message, exc: Exception) -> None:
-            self._count_malformed(f"{type(exc).__name__}: {str(exc)[:200]}")
+            self._count_malformed("body", f"{type(exc).__name__}: {str(exc)[:200]}")
 
         consumer = Consumer(
             channel,

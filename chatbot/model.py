@@ -199,10 +199,16 @@ class StreamHealth:
     disconnects_by_server: int = 0  # e.g. Redis closed a subscriber that fell behind: events lost
     last_error: str | None = None
     lag_events: int = 0  # received from the broker but not yet applied
+    # Dropped messages and events per reason (a small fixed set: chatbot.consumer.DROP_REASONS),
+    # counted by the consumer; ``malformed`` is their total plus what the store refused.
+    malformed_by_reason: dict[str, int] = field(default_factory=dict)
+    intake_restarts: int = 0  # the reader or applier thread died and was restarted
+    intake_problem: str | None = None  # intake dead or stalled (then /healthz answers 503)
 
     def snapshot(self) -> StreamHealth:
         clone = copy.copy(self)
         clone.events_by_type = dict(self.events_by_type)
+        clone.malformed_by_reason = dict(self.malformed_by_reason)
         return clone
 
 

@@ -373,14 +373,24 @@ def test_malformed_messages_are_counted_not_raised(
     ]
     for message in bad_messages:
         assert publish_raw(redis_url, "task.x", message) == 1
-    # Without a uuid the store refuses the task event and counts it.
+    # A task event without a uuid is refused before the store sees it, and counted.
     publish_raw(redis_url, "task.started", encode_message({"type": "task-started"}, "task.x"))
-    publish_raw(redis_url, "task.multi", encode_message(task_events("ok-1", "n", "w", 1.0), "m"))
+    good_events = task_events("ok-1", "n", "w", time.time())
+    publish_raw(redis_url, "task.multi", encode_message(good_events, "m"))
     wait_task(store, "ok-1", {SUCCESS})
     h = health(consumer, store)
-    # garbage, pickle, no type, the 42, "[]" (consumer) + two uuid-less task-started (store)
+    # garbage, pickle, no type, the 42, "[]" + two uuid-less task-started, all by the consumer
     assert h.malformed == 7, h
-    assert h.connected
+    assert h.malformed_by_reason == {
+        "not-json": 1,
+        "content-type": 1,
+        "type": 1,
+        "not-an-event": 1,
+        "envelope": 1,
+        "missing-uuid": 2,
+    }
+    assert store.health().malformed == 0  # nothing invalid reached the store
+    assert h.connected and h.intake_restarts == 0 and h.intake_problem is None
 
 
 def test_broker_restart_is_survived_and_counted(
@@ -390,7 +400,8 @@ def test_broker_restart_is_survived_and_counted(
     url = server.url_for(0)
     store = MemoryStore()
     consumer = consumers(url, store)
-    publish_raw(url, "task.multi", encode_message(task_events("before", "n", "w", 1.0), "m"))
+    before = task_events("before", "n", "w", time.time())
+    publish_raw(url, "task.multi", encode_message(before, "m"))
     wait_task(store, "before", {SUCCESS})
 
     server.restart(down_for=1.5)
@@ -424,7 +435,8 @@ def test_server_side_kill_is_counted_as_event_loss(
             wait_for(lambda: consumer.health_into(StreamHealth()).reconnects == 1, what="rejoin")
         assert sum("Event loss detected" in r.getMessage() for r in caplog.records) == 1
         assert consumer.wait_connected(30)
-        publish_raw(url, "task.multi", encode_message(task_events("k", "n", "w", 1.0), "m"))
+        events = task_events("k", "n", "w", time.time())
+        publish_raw(url, "task.multi", encode_message(events, "m"))
         wait_task(store, "k", {SUCCESS})
     finally:
         client.close()
@@ -457,7 +469,7 @@ def test_a_subscriber_cut_off_at_the_output_buffer_limit_is_detected(
     consumer = consumers(url, SlowStore(store, release), buffer_bytes=16 * 1024)
     client = redis.Redis.from_url(url)
     try:
-        payload = encode_message(task_events("slow", "n", "w", 1.0), "task.multi")
+        payload = encode_message(task_events("slow", "n", "w", time.time()), "task.multi")
         topic = publish_topic("task.multi", db=0)
 
         def cut_off() -> bool:
