@@ -17,6 +17,8 @@ import json
 import math
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid as uuid_module
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -547,3 +549,52 @@ def test_a_late_started_after_success_is_not_a_running_task_here_either(
     wait_for(lambda: store.get_task("marker"), what="the marker")
     task = store.get_task("late")
     assert task is not None and task.state == SUCCESS and task.state != STARTED
+
+
+def _get_json(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_healthz_is_503_with_the_reason_while_the_intake_is_dead(
+    redis_url: str, wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connected to the broker but not applying anything is not healthy (issue 11, finding 1)."""
+    from chatbot.config import Settings
+    from chatbot.service import Service
+    from chatbot.slack.http import HttpServer
+
+    monkeypatch.setattr(consumer_module, "BACKOFF_FIRST", 3.0)
+    service = Service(Settings(broker_url=redis_url))
+    server = HttpServer(None, service, "127.0.0.1", 0).start()
+    try:
+        service.start()
+        healthz = server.url + "/healthz"
+        wait_for(lambda: _get_json(healthz)[0] == 200, what="healthy once connected")
+        consumer = service.consumer
+        assert consumer is not None
+        fault = threading.Event()
+        fault.set()
+        process = consumer._process
+
+        def faulty(items: list[Any]) -> None:
+            if fault.is_set():
+                raise RuntimeError("injected applier fault")
+            process(items)
+
+        monkeypatch.setattr(consumer, "_process", faulty)
+        wire.publish("task.multi", encode_message(good_task("lost"), "task.multi"))
+        _, report = wait_for(
+            lambda: (answer := _get_json(healthz))[0] == 503 and answer, what="503"
+        )
+        assert report["ok"] is False and "applier died" in report["reason"]
+        assert report["intake_restarts"] == 1
+        fault.clear()
+        wait_for(lambda: _get_json(healthz)[0] == 200, what="healthy again after the restart")
+        assert _get_json(healthz)[1]["intake_restarts"] == 1
+    finally:
+        server.stop()
+        service.stop()
