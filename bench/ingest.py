@@ -59,6 +59,10 @@ class _Subject:
     def __init__(self, kind: str, cap: int, state_url: str | None) -> None:
         self.kind = kind
         self.cap = cap
+        if kind in ("ours", "redis"):
+            from chatbot.eventcheck import EventChecker
+
+            self.checker = EventChecker()
         if kind == "ours":
             from chatbot.store.memory import MemoryStore
 
@@ -82,6 +86,10 @@ class _Subject:
 
     def feed(self, batch: list[Event]) -> None:
         if self.kind in ("ours", "redis"):
+            # Validated first, as EventConsumer does before a batch reaches the store.
+            check = self.checker.check
+            for event in batch:
+                check(event)
             self.store.apply(batch)  # one lock per batch, as EventConsumer does
         else:
             handle = self.store.event  # Flower and State consumers: one call per event

@@ -18,8 +18,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sys
 import uuid as _uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -115,6 +116,21 @@ def accept_content(serializers: Iterable[str]) -> frozenset[str]:
 _DEFAULT_ACCEPT = accept_content(["json"])
 
 
+def _b64decode_validated(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def _b64decode_strict(text: str) -> bytes:
+    return binascii.a2b_base64(text, strict_mode=True)  # type: ignore[call-arg,unused-ignore]
+
+
+# The same check in C (Python 3.11+) instead of b64decode's regular expression first: a third
+# of the cost of decoding a one-event message.
+_b64decode: Callable[[str], bytes] = (
+    _b64decode_strict if sys.version_info >= (3, 11) else _b64decode_validated
+)
+
+
 def decode_body(data: bytes | str, accept: frozenset[str] = _DEFAULT_ACCEPT) -> Any:
     """The event payload of one kombu envelope: a dict, or a list of dicts for ``*.multi``.
 
@@ -144,7 +160,7 @@ def decode_body(data: bytes | str, accept: frozenset[str] = _DEFAULT_ACCEPT) -> 
     raw: bytes | str = body
     if body_encoding == "base64":
         try:
-            raw = base64.b64decode(body, validate=True)
+            raw = _b64decode(body)
         except (binascii.Error, ValueError):
             raise MalformedMessage("body is not valid base64", "base64") from None
     elif body_encoding is not None and body_encoding != "":
