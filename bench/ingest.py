@@ -56,9 +56,10 @@ def _rss() -> int:
 class _Subject:
     """A store under test, fed and queried the way its real consumer would."""
 
-    def __init__(self, kind: str, cap: int, state_url: str | None) -> None:
+    def __init__(self, kind: str, cap: int, state_url: str | None, validate: bool = True) -> None:
         self.kind = kind
         self.cap = cap
+        self.validate = validate
         if kind in ("ours", "redis"):
             from chatbot.eventcheck import EventChecker
 
@@ -87,9 +88,10 @@ class _Subject:
     def feed(self, batch: list[Event]) -> None:
         if self.kind in ("ours", "redis"):
             # Validated first, as EventConsumer does before a batch reaches the store.
-            check = self.checker.check
-            for event in batch:
-                check(event)
+            if self.validate:
+                check = self.checker.check
+                for event in batch:
+                    check(event)
             self.store.apply(batch)  # one lock per batch, as EventConsumer does
         else:
             handle = self.store.event  # Flower and State consumers: one call per event
@@ -165,7 +167,7 @@ def child_store(options: dict[str, Any]) -> dict[str, Any]:
     measured_events = int(options["events"])
     stream = FleetEvents(seed).stream(None, received=True)
     rss0 = _rss()
-    subject = _Subject(kind, cap, options.get("state_url"))
+    subject = _Subject(kind, cap, options.get("state_url"), bool(options.get("validate", True)))
     fill_events = 0
     fill_started = time.perf_counter()
     fill_time = 0.0
@@ -451,6 +453,7 @@ def section_stores(args: argparse.Namespace, caps: list[int]) -> None:
                 "queries": cap == caps[-1],
                 "query_rounds": 100 if args.quick else 500,
                 "state_url": args.state,
+                "validate": not args.no_validate,
             }
             started = time.perf_counter()
             try:
@@ -715,6 +718,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flower", action="store_true", help="skip the Flower reference rows")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--skip-stores", action="store_true")
+    parser.add_argument(
+        "--no-validate", action="store_true", help="our store without EventChecker (to compare)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile our store's ingest")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "JSON"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

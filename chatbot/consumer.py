@@ -346,7 +346,9 @@ class EventConsumer:
                 if time.monotonic() - started > _RESTART_RESET:
                     failures = 0
                 failures += 1
-                why = f"{type(exc).__name__}: {str(exc)[:200]}"
+                # /healthz is unauthenticated: the error's type, not its text (which may quote
+                # an event's value); the log has the traceback.
+                why = type(exc).__name__
                 with self._stats_lock:
                     self._intake_restarts += 1
                     self._intake_down[role] = why
@@ -491,7 +493,8 @@ class EventConsumer:
             except MalformedMessage as exc:
                 self._count_malformed(exc.reason, str(exc))
             except Exception as exc:  # a decoder's or the checker's bug: this message only
-                self._count_malformed("undecodable", f"{type(exc).__name__}: {str(exc)[:200]}")
+                # The type only: an error's text may quote the value, and a value may be a secret.
+                self._count_malformed("undecodable", type(exc).__name__)
         self._pending_events = len(events)
         self._msgs_out += len(items)
         self._bytes_out += cost
@@ -693,12 +696,12 @@ class EventConsumer:
                 try:
                     _, localized = from_message(event)
                 except Exception as exc:  # Celery's arithmetic on whatever the fields hold
-                    self._count_malformed("undecodable", f"bad event fields: {exc}"[:300])
+                    self._count_malformed("undecodable", f"bad event fields: {type(exc).__name__}")
                     continue
                 put(localized, _DECODED_EVENT_COST)
 
         def on_decode_error(message: Message, exc: Exception) -> None:
-            self._count_malformed("body", f"{type(exc).__name__}: {str(exc)[:200]}")
+            self._count_malformed("body", f"undecodable body: {type(exc).__name__}")
 
         consumer = Consumer(
             channel,

@@ -180,9 +180,9 @@ def decode_body(data: bytes | str, accept: frozenset[str] = _DEFAULT_ACCEPT) -> 
         # any depth) becomes what a JSON body would have given, or is refused here.
         return orjson.loads(orjson.dumps(decoded, default=str))
     except Exception as exc:  # any decoder error of a third-party serializer
-        raise MalformedMessage(
-            f"cannot decode {content_type}: {type(exc).__name__}: {str(exc)[:120]}", "body"
-        ) from None
+        # The error's type only: a parser's message may quote the body, which may hold a secret.
+        detail = f"cannot decode {content_type}: {type(exc).__name__}"
+        raise MalformedMessage(detail, "body") from None
 
 
 class Localizer:

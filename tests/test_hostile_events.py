@@ -283,7 +283,8 @@ def test_a_dead_applier_is_restarted_and_the_death_shown(
     monkeypatch.setattr(consumer, "_process", faulty)
     wire.publish("task.multi", encode_message(good_task("lost-in-crash"), "task.multi"))
     problem = wait_for(consumer.intake_problem, what="the death shown")
-    assert "applier died" in problem and "injected applier fault" in problem
+    assert "applier died (RuntimeError)" in problem
+    assert "injected" not in problem  # the type only: an error's text may quote a value
     h = consumer.health_into(StreamHealth())
     assert h.intake_restarts == 1 and h.intake_problem == problem
     fault.clear()
