@@ -50,6 +50,7 @@ from chatbot.eventwire import (
     publish_topic,
 )
 from chatbot.model import STARTED, SUCCESS, StreamHealth, Task
+from chatbot.store import FleetStore
 from chatbot.store.memory import MemoryStore
 
 DEADLINE = 60.0
@@ -109,7 +110,7 @@ def consumers() -> Iterator[Callable[..., EventConsumer]]:
         consumer.stop(timeout=10)
 
 
-def finished(store: MemoryStore, uuid: str) -> Task | None:
+def finished(store: FleetStore, uuid: str) -> Task | None:
     task = store.get_task(uuid)
     return task if task is not None and task.state == SUCCESS else None
 
@@ -599,3 +600,50 @@ def test_healthz_is_503_with_the_reason_while_the_intake_is_dead(
     finally:
         server.stop()
         service.stop()
+
+
+def test_badly_typed_events_never_poison_a_redis_state_store_across_a_restart(
+    redis_url_factory: Callable[[], str], consumers: Callable[..., EventConsumer]
+) -> None:
+    """Issue 11, finding 2: with CHATOPS_STATE_URL=redis://, "yesterday", NaN, 1e308, -1e12 or
+    ``runtime: "fast"`` made the store unavailable and a restart crash on loading. Now they
+    are dropped at intake, the store stays up, and a fresh store loads every good task."""
+    from chatbot.config import Settings
+    from chatbot.store.factory import open_stores
+    from chatbot.store.redis import RedisFleetStore
+
+    broker_url, state_url = redis_url_factory(), redis_url_factory()
+    stores = open_stores(Settings(state_url=state_url), lease_ttl=5.0)
+    stores.start(lambda: None, lambda: None)
+    wire = Wire(broker_url)
+    try:
+        assert stores.keeper is not None and stores.keeper.wait_held(timeout=10)
+        fleet = stores.fleet
+        assert isinstance(fleet, RedisFleetStore) and fleet.wait_ready(timeout=30)
+        consumer = consumers(broker_url, fleet)
+        poison = [
+            event_message(timestamp="yesterday"),
+            event_message(timestamp=math.nan),
+            event_message(timestamp=1e308),
+            event_message(timestamp=-1e12),
+            event_message(type="task-succeeded", runtime="fast"),
+            event_message(type="task-failed", timestamp=-1e12, exception="E('x')"),
+        ]
+        for number, payload in enumerate(poison):
+            wire.publish("task.started", payload)
+            wire.publish("task.multi", encode_message(good_task(f"kept-{number}"), "task.multi"))
+        for number in range(len(poison)):
+            wait_for(partial(finished, fleet, f"kept-{number}"), what=f"good task {number}")
+        assert fleet.flush(timeout=30)
+        assert consumer.health_into(StreamHealth()).malformed == len(poison)
+        stores.stop()
+        restarted = RedisFleetStore(state_url)
+        assert len(restarted) == len(poison)
+        for number in range(len(poison)):
+            task = restarted.get_task(f"kept-{number}")
+            assert task is not None and task.state == SUCCESS and task.state_ts >= YEAR_2000
+        assert restarted.active() == []  # a late or bad event resurrected nothing
+        assert restarted.recent_failures(None, 10 * 365 * 86_400, time.time()) == []
+    finally:
+        stores.stop()
+        wire.close()
