@@ -42,7 +42,6 @@ from chatbot.redaction import clip, clip_tail
 YEAR_2000: Final = 946_684_800.0
 MAX_FUTURE: Final = 86_400.0  # seconds past this host's clock a timestamp may claim
 MAX_UTCOFFSET: Final = 24.0  # hours; real zones are within -12..+14
-MAX_CLOCK: Final = 2**62
 MAX_COUNT: Final = 2**62
 MAX_RUNTIME: Final = 1e9  # seconds (about 31 years)
 MAX_FREQ: Final = 86_400.0  # heartbeat interval, seconds
