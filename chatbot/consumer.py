@@ -19,6 +19,14 @@ store lock is taken once per batch and a store that is briefly busy (a long quer
 its lock) does not stop the socket from being drained. A third *control* thread sends the
 ``heartbeat`` / ``enable_events`` broadcasts, which can block on the broker and so must
 never run on the reader, nor on a thread that answers Slack.
+
+Anyone on the broker can publish on the event channels, so nothing one message carries may
+stop the intake (issue 11): every event is checked by :mod:`chatbot.eventcheck` before the
+store sees it, and a message or event that does not decode or check is counted under its
+reason (``StreamHealth.malformed_by_reason``) and dropped. A reader or applier that dies anyway
+(a bug) is restarted with back-off; the deaths are counted (``intake_restarts``), and a dead or
+stalled intake is reported by :meth:`EventConsumer.intake_problem`, which ``/healthz`` turns
+into a 503.
 """
 
 from __future__ import annotations
