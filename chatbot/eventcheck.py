@@ -86,6 +86,12 @@ _INTEGERS: Final = frozenset({"clock", "retries", "active", "processed", "pid"})
 _FLAGS: Final = frozenset({"terminated", "requeue", "expired"})
 _FIELDS: Final = frozenset({*_STRING_MAX, *_NUMBER_RANGE, "loadavg"})
 
+_CELERY_TYPES: Final = frozenset(
+    {"task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
+     "task-retried", "task-revoked", "task-rejected", "worker-online", "worker-heartbeat",
+     "worker-offline"}
+)  # fmt: skip
+
 # Every reason a decoded event is rejected with: bounded, so it can be a metrics label.
 REASONS: Final = frozenset(
     {"not-an-event", "type", "missing-uuid", "missing-hostname", "oversized", *_FIELDS}
@@ -126,7 +132,9 @@ class EventChecker:
         if type(event) is not dict:
             raise RejectedEvent("not-an-event", f"a {type(event).__name__}, not an object")
         kind = event.get("type")
-        if type(kind) is not str or not 0 < len(kind) <= TYPE_MAX or not kind.isprintable():
+        if type(kind) is not str or (
+            kind not in _CELERY_TYPES and not (0 < len(kind) <= TYPE_MAX and kind.isprintable())
+        ):
             raise RejectedEvent("type", "type is not a short printable string")
         # Dispatched on the value's type first: one dictionary look-up per field in the
         # common case, because this runs for every event (issue 12 budgets 5 us per event).
