@@ -647,3 +647,71 @@ def test_badly_typed_events_never_poison_a_redis_state_store_across_a_restart(
     finally:
         stores.stop()
         wire.close()
+
+
+def test_hostile_messages_on_amqp_are_counted_and_the_next_good_event_applied(
+    amqp_url: str, unique_name: Callable[[str], str], consumers: Callable[..., EventConsumer]
+) -> None:
+    """The AMQP path (Celery's own receiver on kombu) survives the same corpus.
+
+    The vhost is shared with other test runs: everything goes through an event exchange of this
+    test's own, deleted afterwards, so no other consumer ever sees these messages.
+    """
+    from celery import Celery
+    from kombu import Connection, Exchange, Producer
+
+    exchange_name = unique_name("chatops-hostile-ev")
+    app = Celery("hostile-amqp", broker=amqp_url, set_as_current=False)
+    app.conf.event_exchange = exchange_name
+    store = MemoryStore()
+    consumer = consumers(amqp_url, store, app=app)
+    exchange = Exchange(exchange_name, type="topic", durable=True, auto_delete=False)
+    cases: list[tuple[str, bytes, str]] = [
+        ("nested 100,000 levels", nested(100_000), "body"),
+        ("not JSON", b"\x00\xffnot json", "body"),
+        ("timestamp 'yesterday' with utcoffset",
+         _event_body(timestamp="yesterday"), "undecodable"),
+        ("timestamp 1e308", _event_body(timestamp=1e308, without="utcoffset"), "timestamp"),
+        ("runtime 'fast'", _event_body(type="task-succeeded", runtime="fast"), "runtime"),
+        ("a list of lists", b"[[1, 2]]", "not-an-event"),
+    ]  # fmt: skip
+    with Connection(amqp_url) as conn:
+        producer = Producer(conn.default_channel, exchange=exchange)
+        try:
+            expected: dict[str, int] = {}
+            for number, (label, body, reason) in enumerate(cases):
+                producer.publish(
+                    body,
+                    routing_key="task.started",
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                )
+                uuid = f"amqp-good-after-{number}"
+                for event in good_task(uuid):
+                    producer.publish(
+                        json.dumps(event).encode(),
+                        routing_key=str(event["type"]).replace("-", "."),
+                        content_type="application/json",
+                        content_encoding="utf-8",
+                    )
+                wait_for(partial(finished, store, uuid), what=f"the good task after {label!r}")
+                expected[reason] = expected.get(reason, 0) + 1
+                by_reason = consumer.health_into(StreamHealth()).malformed_by_reason
+                assert by_reason == expected, f"after {label!r}: {by_reason}"
+            h = consumer.health_into(store.health())
+            assert h.malformed == len(cases) and store.health().malformed == 0
+            assert h.connected and h.intake_restarts == 0 and h.intake_problem is None
+        finally:
+            consumer.stop(timeout=10)
+            exchange.bind(conn.default_channel).delete()
+            app.close()
+
+
+def _event_body(without: str = "", **fields: Any) -> bytes:
+    """A ``task-started`` body, valid but for ``fields`` (and ``without`` one of its fields)."""
+    event: dict[str, Any] = {
+        "type": "task-started", "uuid": str(uuid_module.uuid4()), "hostname": "w@hostile",
+        "utcoffset": 0, "pid": 7, "clock": 5, "timestamp": time.time(), **fields,
+    }  # fmt: skip
+    event.pop(without, None)
+    return json.dumps(event).encode()
