@@ -40,7 +40,7 @@ from typing import Any, cast
 
 from bench.events import Event, FleetEvents, wire_messages
 from chatbot.eventcheck import EventChecker
-from chatbot.eventwire import Localizer, decode_body, encode_message, routing_key_for
+from chatbot.eventwire import Localizer, decode_body, encode_message
 
 Path = Callable[[list[bytes]], int]
 
@@ -185,7 +185,8 @@ def _time_all(messages: list[bytes], rounds: int, with_gc: bool) -> dict[str, fl
 
 
 def _shapes(events: list[Event]) -> dict[str, list[bytes]]:
-    singles = [encode_message(e, routing_key_for(str(e["type"]))) for e in events]
+    # The routing key a worker's dispatcher uses: task-succeeded goes out as task.succeeded.
+    singles = [encode_message(e, str(e["type"]).replace("-", ".")) for e in events]
     grouped = [payload for _, payload, _ in wire_messages(events)]
     return {"one event per message": singles, "workers' task.multi lists": grouped}
 
