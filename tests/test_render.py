@@ -723,3 +723,13 @@ def test_ago_reads_a_second_of_clock_skew_as_just_now() -> None:
     assert ago(110.0, 100.0) == "in 10s"  # far ahead is worth saying
     assert ago(40.0, 100.0) == "1m ago"
     assert ago(None, 100.0) == "never"
+
+
+@pytest.mark.parametrize("value", [-1e12, 1e308, float("nan"), float("inf"), -float("inf")])
+def test_time_filters_never_raise_on_a_stored_value(value: float) -> None:
+    # Intake and the loaders keep such values out; a renderer still never raises on one
+    # (a stuck alert that cannot render, every check, is a blind bot).
+    from chatbot.render.text import ago, duration, utc_time
+
+    for shown in (utc_time(value), ago(value, 1_700_000_000.0), duration(value)):
+        assert isinstance(shown, str) and shown

@@ -594,3 +594,33 @@ def test_a_graceful_stop_writes_what_is_pending_before_releasing(redis_url: str)
         assert len(after) == 200
     finally:
         after.close()
+
+
+def test_a_poisoned_stored_record_is_skipped_and_counted_never_a_reason_to_stop(
+    redis_url: str,
+) -> None:
+    # Finding 2 of the hostile-input review: a record holding a time of "yesterday" (written
+    # by an older version, or by hand) crashed every restart's load. Now it is skipped.
+    first = RedisFleetStore(redis_url, prefix="poisoned")
+    first.start_writer(wait=True, timeout=30)
+    good = run_task_written(first, T0)
+    first.close()
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        key = "poisoned:task"
+        assert raw.hexists(key, good)
+        raw.hset(key, "bad-time", '{"uuid":"bad-time","state":"STARTED","state_ts":"yesterday"}')
+        raw.hset(key, "bad-nan", '{"uuid":"bad-nan","state":"STARTED","started":NaN}')
+        raw.hset(key, "not-json", "{not json")
+    finally:
+        raw.close()
+
+    restarted = RedisFleetStore(redis_url, prefix="poisoned")
+    try:
+        restarted.start_writer(wait=True, timeout=30)
+        assert restarted.records_skipped == 3
+        assert must(restarted.get_task(good)).state == SUCCESS
+        later = run_task_written(restarted, T0 + 10)  # and it goes on ingesting
+        assert must(restarted.get_task(later)).state == SUCCESS
+    finally:
+        restarted.close()

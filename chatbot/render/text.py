@@ -111,6 +111,8 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
     value = max(0.0, float(seconds))
+    if value == float("inf"):
+        return "(invalid duration)"
     if value < 1:
         return f"{value * 1000:.0f}ms"
     if value < 10:
@@ -134,6 +136,8 @@ def ago(timestamp: float | None, now: float) -> str:
     if timestamp is None:
         return "never"
     delta = now - timestamp
+    if delta != delta or abs(delta) == float("inf"):
+        return "(invalid time)"
     if -FUTURE_SKEW_TOLERATED < delta < 1:
         return "just now"  # a host's clock a second ahead is not news
     whole = round(abs(delta))
@@ -145,7 +149,12 @@ def ago(timestamp: float | None, now: float) -> str:
 def utc_time(timestamp: float | None) -> str:
     if timestamp is None:
         return "—"
-    moment = dt.datetime.fromtimestamp(timestamp, tz=dt.timezone.utc)
+    try:
+        moment = dt.datetime.fromtimestamp(timestamp, tz=dt.timezone.utc)
+    except (OverflowError, OSError, ValueError, TypeError):
+        # Intake and the loaders keep such times out of the store; a renderer still never
+        # raises on a stored value (a message that cannot render is a blind bot).
+        return "(invalid time)"
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 

@@ -3,7 +3,9 @@ disk (:mod:`chatbot.store.snapshot`) and in Redis (:mod:`chatbot.store.redis`).
 
 Values equal to the dataclass default are left out, so a typical record is a few hundred bytes;
 unknown keys are ignored when reading, so a snapshot or a Redis written by a newer version still
-loads.
+loads. A value of the wrong type (a string where a time belongs, NaN, a list for a name) makes
+the whole record unreadable: the loaders skip and count it, so a poisoned record can neither
+stop a restart nor reach the state machine, whose ordering assumes numbers.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
@@ -53,12 +56,51 @@ def task_to_dict(task: Task) -> dict[str, Any]:
     return out
 
 
+def _field_kinds(cls: type) -> dict[str, tuple[str, bool]]:
+    # From the dataclass's own annotations (strings here: ``from __future__ import annotations``
+    # in chatbot.model), so a field added there is checked without a second list to keep.
+    kinds: dict[str, tuple[str, bool]] = {}
+    for f in fields(cls):
+        spelled = str(f.type).replace(" ", "")
+        optional = spelled.endswith("|None")
+        kinds[f.name] = (spelled.removesuffix("|None"), optional)
+    return kinds
+
+
+_TASK_KINDS = _field_kinds(Task)
+_WORKER_KINDS = _field_kinds(Worker)
+
+
+def _check_types(values: Mapping[str, Any], kinds: Mapping[str, tuple[str, bool]]) -> None:
+    """ValueError unless every value has its field's type (numbers finite, bools not ints)."""
+    for name, value in values.items():
+        kind, optional = kinds.get(name, ("", True))
+        if value is None:
+            if not optional:
+                raise ValueError(f"{name} may not be null")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} is not a number")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} is not finite")
+        elif kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} is not an integer")
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} is not a boolean")
+        elif kind == "str" and not isinstance(value, str):
+            raise ValueError(f"{name} is not a string")
+
+
 def task_from_dict(data: Mapping[str, Any]) -> Task:
     """Raises ``TypeError``/``ValueError``/``KeyError`` on a record that is not a task."""
     uuid = data["uuid"]
     if not isinstance(uuid, str) or not uuid:
         raise ValueError("task record without a uuid")
-    return Task(**{k: v for k, v in data.items() if k in _TASK_FIELD_SET})
+    values = {k: v for k, v in data.items() if k in _TASK_FIELD_SET}
+    _check_types(values, _TASK_KINDS)
+    return Task(**values)
 
 
 def worker_to_dict(worker: Worker) -> dict[str, Any]:
@@ -80,6 +122,9 @@ def worker_from_dict(data: Mapping[str, Any]) -> Worker:
         values["loadavg"] = tuple(float(x) for x in values["loadavg"])
     if values.get("queues") is not None:
         values["queues"] = tuple(str(q) for q in values["queues"])
+    _check_types(values, _WORKER_KINDS)
+    if values.get("loadavg") is not None and not all(math.isfinite(x) for x in values["loadavg"]):
+        raise ValueError("loadavg is not finite")
     return Worker(**values)
 
 

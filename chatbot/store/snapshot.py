@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chatbot.model import Task, Worker
 from chatbot.store.codec import (
@@ -40,6 +40,8 @@ from chatbot.store.codec import (
     worker_to_dict,
 )
 from chatbot.store.memory import MemoryStore
+
+R = TypeVar("R")
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +70,28 @@ def read_snapshot(path: str | os.PathLike[str]) -> tuple[list[Task], list[Worker
             raise SnapshotError(f"{file} is not a celery-chatops snapshot")
         if document.get("version") != SNAPSHOT_VERSION:
             raise SnapshotError(f"{file}: unsupported snapshot version {document.get('version')!r}")
-        tasks = [task_from_dict(item) for item in document["tasks"]]
-        workers = [worker_from_dict(item) for item in document["workers"]]
+        tasks = _readable(document["tasks"], task_from_dict, file)
+        workers = _readable(document["workers"], worker_from_dict, file)
     except SnapshotError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise SnapshotError(f"{file} is corrupt: {type(exc).__name__}: {exc}") from exc
     return tasks, workers
+
+
+def _readable(items: Any, decode_one: Callable[[Any], R], file: Path) -> list[R]:
+    """The records that decode; one that does not is skipped and counted in the log, never a
+    reason to lose the rest of the snapshot (or to load a record of the wrong types)."""
+    found: list[R] = []
+    skipped = 0
+    for item in items:
+        try:
+            found.append(decode_one(item))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            skipped += 1
+    if skipped:
+        log.warning("Snapshot %s: skipped %d unreadable records", file, skipped)
+    return found
 
 
 def write_snapshot(

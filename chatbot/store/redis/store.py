@@ -108,6 +108,7 @@ class RedisFleetStore(RedisFleetReader, FleetWriter):
         self.last_error: str | None = None
         self.load_seconds: float | None = None
         self.tasks_loaded: int | None = None
+        self.records_skipped = 0
 
     # ------------------------------------------------------------------ writer lifecycle
     @property

@@ -75,6 +75,7 @@ class FleetWriter:
     last_error: str | None
     load_seconds: float | None
     tasks_loaded: int | None
+    records_skipped: int
     events_lost_during_load: int
     _failure_horizon: float
     _runtime_samples: int
@@ -134,6 +135,11 @@ class FleetWriter:
             if task is not None:
                 tasks.append(task)
         workers = [w for w in (decode_worker(raw) for raw in raw_workers.values()) if w]
+        # A record that cannot be read (or holds values of the wrong types) is skipped: one
+        # poisoned record must never stop a replica from ingesting.
+        self.records_skipped = len(raw_tasks) - len(tasks) + len(raw_workers) - len(workers)
+        if self.records_skipped:
+            log.warning("Skipped %d unreadable stored records", self.records_skipped)
         memory = writer.memory
         memory.load(tasks, workers)
         writer.shadow = {task.uuid: indexed(task) for task in tasks}
