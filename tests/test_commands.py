@@ -579,16 +579,21 @@ def test_status_says_when_the_stream_is_silent_or_lossy(
             "ConnectionError: Connection closed by server.",
         )
         health.malformed = 4
+        health.intake_restarts = 1
+        health.intake_problem = "the event applier is not running <!here>"
         return health
 
     later = make_ctx(store, renderer, clock=lambda: NOW + 1200, health=lossy)
-    text = shown(run(dispatcher, later, "status"))
+    message = run(dispatcher, later, "status")
+    text = shown(message)
     assert "No events for 20m" in text and "control enable_events" in text and "-E" in text
     assert "Events were lost: the broker cut the event consumer off 2 times" in text
     assert (
         "The event consumer is not connected: ConnectionError: Connection closed by server." in text
     )
     assert "4 malformed events dropped." in text
+    assert "Event intake is not applying events: the event applier is not running" in text
+    assert "<!here>" not in str(message.blocks) and "died and was restarted 1 time." in text
     # Workers judged by heartbeat expiry: 20 minutes later, nobody is up.
     assert "Workers: ● 0 up · ○ 2 down" in text
 

@@ -196,6 +196,9 @@ class RedisFleetReader:
                     if name in live:
                         setattr(health, name, live[name])
                 health.malformed += int(live.get("malformed") or 0)
+                for reason, count in dict(live.get("malformed_by_reason") or {}).items():
+                    by_reason = health.malformed_by_reason
+                    by_reason[str(reason)] = by_reason.get(str(reason), 0) + int(count)
         return health
 
     def fleet_counters(self) -> FleetCounters:

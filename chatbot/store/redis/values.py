@@ -33,6 +33,8 @@ CONSUMER_FIELDS = (
     "disconnects_by_server",
     "last_error",
     "lag_events",
+    "intake_restarts",
+    "intake_problem",
 )
 
 

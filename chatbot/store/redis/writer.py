@@ -423,4 +423,5 @@ class FleetWriter:
             return None
         live = {name: getattr(filled, name) for name in CONSUMER_FIELDS}
         live["malformed"] = filled.malformed
+        live["malformed_by_reason"] = dict(filled.malformed_by_reason)
         return live
