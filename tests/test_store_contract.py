@@ -141,6 +141,37 @@ def test_a_late_started_after_succeeded_does_not_make_the_task_active_again(
     assert store.active() == []
 
 
+def test_a_late_started_after_the_success_was_evicted_creates_no_running_task(
+    make_backend: MakeBackend,
+) -> None:
+    # Issue 12, item 4: at a small cap a success is evicted soon after it finished; its late
+    # task-started must not bring it back as a running task (STARTED is evicted last, so a
+    # phantom would stay in `active` and `stuck` for good).
+    store = make_backend(max_tasks=2)
+    done = new_id()
+    store.apply([received(done, T0), succeeded(done, T0 + 2)])
+    newer = [run_task(store, T0 + 10 + i) for i in range(2)]  # the cap pushes `done` out
+    assert store.get_task(done) is None
+    assert store.health().tasks_evicted == 1
+    applied = store.apply([started(done, T0 + 1)])  # the late event
+    assert applied == 1  # a valid event, applied to the picture: it changes nothing
+    assert store.get_task(done) is None
+    assert store.active() == []
+    assert store.count_tasks(state=STARTED) == 0
+    assert {t.uuid for t in store.tasks(limit=10)} == set(newer)
+    # A task evicted while queued still moves forward when it really starts...
+    queued = new_id()
+    store.apply([received(queued, T0 + 20)])
+    store.apply([received(new_id(), T0 + 21), received(new_id(), T0 + 22)])
+    assert store.get_task(queued) is None
+    store.apply([received(queued, T0 + 20)])  # ...but a duplicate of its last word does not
+    assert store.get_task(queued) is None
+    store.apply([started(queued, T0 + 23)])
+    task = store.get_task(queued)
+    assert task is not None and task.state == STARTED
+    assert [t.uuid for t in store.active()] == [queued]
+
+
 def test_events_in_reverse_order_end_in_the_final_state(make_backend: MakeBackend) -> None:
     store = make_backend()
     uuid = new_id()
