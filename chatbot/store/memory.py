@@ -38,6 +38,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
+from operator import attrgetter
 from typing import Any
 
 from chatbot.config import DEFAULT_REDACT_KEYS
@@ -178,6 +179,7 @@ class MemoryStore:
         )
         self._gone: dict[str, str] = {}
         self._gone_order: deque[str] = deque()
+        self._gone_again: dict[str, int] = {}  # ids in the order more than once: how often
         # Retained failures sorted by failure time, per name ("?" until a name is known) and
         # overall: a late-arriving old failure must not hide newer ones from a window query.
         # Entries are (failed at, uuid, exception type, task name): a window's counts by type
@@ -267,7 +269,8 @@ class MemoryStore:
                     hostname = event.get("hostname")
                     self._count(str(hostname) if hostname else "", kind, "", None)
                     return True
-                del self._gone[uuid]  # its order entry goes when it reaches the head
+                # Kept in the memory: it is only read for an absent task, and the next
+                # eviction of this one overwrites it.
             # Not indexed in any state yet: _transition puts it in its first one.
             task = Task(uuid=uuid, state_ts=ts)
             self._tasks[uuid] = task
@@ -436,14 +439,15 @@ class MemoryStore:
     def _compact(self, group: _Ordered, field: str, key: str) -> None:
         """Keep each member once, at its last place; drop the ids that left."""
         tasks = self._tasks
-        seen: set[str] = set()
-        kept: list[str] = []
-        for uuid in reversed(group.ids):
-            task = tasks.get(uuid)
-            if task is not None and getattr(task, field) == key and uuid not in seen:
-                seen.add(uuid)
-                kept.append(uuid)
-        kept.reverse()
+        value_of = attrgetter(field)
+        kept = [
+            uuid
+            for uuid in group.ids
+            if (task := tasks.get(uuid)) is not None and value_of(task) == key
+        ]
+        if len(kept) > group.live:  # a member that left and joined again: its last place
+            kept = list(dict.fromkeys(reversed(kept)))
+            kept.reverse()
         group.ids = deque(kept)
         group.live = len(kept)
 
@@ -563,12 +567,22 @@ class MemoryStore:
 
     def _remember(self, uuid: str, state: str) -> None:
         """Keep an evicted id (and its state) against phantoms; forget the oldest beyond the
-        bound. An id remembered twice may be forgotten at its first turn: harmless."""
+        bound. An id evicted again (it came back, e.g. queued, then evicted, then started)
+        is forgotten at its last turn, not its first: its latest state is what matters."""
         if not self._recent_ids:
             return
         order = self._gone_order
         if len(order) >= self._recent_ids:
-            self._gone.pop(order.popleft(), None)
+            oldest = order.popleft()
+            again = self._gone_again.get(oldest)
+            if again is None:
+                self._gone.pop(oldest, None)
+            elif again > 1:
+                self._gone_again[oldest] = again - 1
+            else:
+                del self._gone_again[oldest]
+        if uuid in self._gone:
+            self._gone_again[uuid] = self._gone_again.get(uuid, 0) + 1
         order.append(uuid)
         self._gone[uuid] = state
 
@@ -690,7 +704,6 @@ class MemoryStore:
                 if task.uuid in self._tasks:
                     continue
                 self._tasks[task.uuid] = task
-                self._gone.pop(task.uuid, None)
                 group = self._by_state[task.state]
                 group.ids.append(task.uuid)
                 group.live += 1
