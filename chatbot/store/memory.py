@@ -25,10 +25,22 @@ Design notes (why it looks like this):
   stale duplicate does nothing); task-failed carries no name, so fields from earlier events are
   kept.
 - One lock, taken once per batch by the writer and briefly by readers; no I/O under it.
+- No stop-the-world pauses that grow with the cap. A full garbage collection visits every
+  tracked object and everything each one points to; with 100k records that is ~100 ms of one
+  core (``python -m bench.store_perf``), during which every thread stands still. Records never
+  form reference cycles (they hold strings, numbers and ids, never each other), so the
+  collector has nothing to find among them: every ``gc_freeze_every`` new tasks the store
+  collects the young generations and moves everything alive to the permanent generation
+  (``gc.freeze()``), where full collections no longer visit it. Frozen objects are still
+  freed by reference counting when evicted. The cost: an object alive at a freeze that later
+  becomes part of a reference cycle is never collected; collecting the young generations
+  first keeps that to the long-lived objects of the moment. ``gc_freeze_every=0`` turns it
+  off.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import threading
@@ -151,10 +163,13 @@ class MemoryStore:
         heartbeat_expire_factor: float = 2.0,
         track_changes: bool = False,
         recent_ids: int | None = None,
+        gc_freeze_every: int | None = None,
     ) -> None:
         """``recent_ids``: how many evicted ids are remembered against phantoms (default a
         quarter of ``max_tasks``, at least 1,024: the late events of a realistic stream
-        arrive within a second or two, i.e. well within that many newer tasks)."""
+        arrive within a second or two, i.e. well within that many newer tasks).
+        ``gc_freeze_every``: new tasks between two ``gc.freeze()`` (see the module's notes;
+        default an eighth of ``max_tasks``, at least 10,000; 0: never)."""
         if max_tasks < 1 or max_workers < 1:
             raise ValueError("max_tasks and max_workers must be at least 1")
         self.max_tasks = max_tasks
@@ -198,6 +213,10 @@ class MemoryStore:
         self._counters = FleetCounters()
         # Write-through backends (redis://) drain what each batch changed.
         self._track = track_changes
+        self._freeze_every = (
+            max(10_000, max_tasks // 8) if gc_freeze_every is None else max(0, gc_freeze_every)
+        )
+        self._created_since_freeze = 0
         self._changed: set[str] = set()
         self._removed: set[str] = set()
         self._changed_workers: set[str] = set()
@@ -219,7 +238,16 @@ class MemoryStore:
                 except (TypeError, ValueError, AttributeError, KeyError):
                     self._health.malformed += 1
             self._health.events_total += applied
+        self._freeze_when_due()
         return applied
+
+    def _freeze_when_due(self) -> None:
+        """Out of the collector's reach: the records created since the last freeze."""
+        if not self._freeze_every or self._created_since_freeze < self._freeze_every:
+            return
+        self._created_since_freeze = 0
+        gc.collect(1)  # the young generations' cycles die before they could be frozen
+        gc.freeze()
 
     def _apply_one(self, event: Mapping[str, Any], now: float) -> bool:
         kind = event.get("type")
@@ -274,6 +302,7 @@ class MemoryStore:
             # Not indexed in any state yet: _transition puts it in its first one.
             task = Task(uuid=uuid, state_ts=ts)
             self._tasks[uuid] = task
+            self._created_since_freeze += 1
 
         limits = self._limits
         name = event.get("name")
@@ -725,6 +754,8 @@ class MemoryStore:
                     self._evict(protect=task.uuid)
             for worker in workers:
                 self._workers.setdefault(worker.hostname, worker.snapshot())
+            self._created_since_freeze += len(self._tasks)
+        self._freeze_when_due()  # a warm start's records are the longest-lived of all
 
     # ------------------------------------------------------------------ reading
     def get_task(self, uuid: str) -> Task | None:
