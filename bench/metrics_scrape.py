@@ -35,11 +35,12 @@ from chatbot.store.memory import MemoryStore
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_COMMIT = "0c89416"  # the last commit whose chatbot/metrics.py wrote the text by hand
+BEFORE_COMMIT = "f774add"  # the collector before issue 12 bounded its label sets
 BATCH = 1000
 
 
-def _reference_writer(commit: str) -> ModuleType | None:
-    """The old ``chatbot/metrics.py`` from git, imported under a name of its own."""
+def _reference_writer(commit: str, name: str = "handwritten_metrics") -> ModuleType | None:
+    """An old ``chatbot/metrics.py`` from git, imported under a name of its own."""
     try:
         source = subprocess.run(
             ["git", "show", f"{commit}:chatbot/metrics.py"],
@@ -48,12 +49,13 @@ def _reference_writer(commit: str) -> ModuleType | None:
     except (OSError, subprocess.CalledProcessError) as exc:
         print(f"reference writer unavailable ({exc}); timing the collector alone")
         return None
-    path = Path(tempfile.mkdtemp()) / "handwritten_metrics.py"
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("handwritten_metrics", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         return None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while defining a class
     spec.loader.exec_module(module)
     return module
 
@@ -95,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference", default=REFERENCE_COMMIT, help="git commit of the old writer"
     )
+    parser.add_argument(
+        "--before", default=BEFORE_COMMIT, help="git commit of the collector before bounding"
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -120,6 +125,15 @@ def main(argv: list[str] | None = None) -> int:
         "read from the store (copies, under its lock)": reading,
         "prometheus_client collector, whole scrape": lambda: generate_latest(registry),
     }
+    before = _reference_writer(args.before, "collector_before")
+    if before is not None:
+        before_registry = before.fleet_registry(reading)
+        text = generate_latest(before_registry)
+        samples = sum(len(f.samples) for f in text_string_to_metric_families(text.decode()))
+        print(f"exposition before ({args.before}): {len(text):,} bytes, {samples:,} samples")
+        runs[f"collector before ({args.before}), whole scrape"] = lambda: generate_latest(
+            before_registry
+        )
     old = _reference_writer(args.reference)
     if old is not None:
         runs[f"hand-written writer ({args.reference}), whole scrape"] = lambda: (
@@ -136,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         medians = _medians_ms(runs, args.repeat)
         for name, ms in medians.items():
             print(f"  {name:<55} {ms:8.1f} ms")
-        if old is not None:
-            collector_ms, old_ms = list(medians.values())[1:3]
-            print(f"  ratio collector / hand-written: {collector_ms / old_ms:.2f}x")
+        collector_ms = medians["prometheus_client collector, whole scrape"]
+        for name, ms in medians.items():
+            if name.startswith(("collector before", "hand-written")):
+                print(f"  ratio collector / {name.split(',')[0]}: {collector_ms / ms:.2f}x")
     gc.unfreeze()
     return 0
 

@@ -7,10 +7,25 @@ with one deliberate difference: ``flower_worker_online`` is judged by heartbeat 
 killed worker drops to 0 (Flower's never does). Queue lengths and the bot's own health are
 new, under ``celery_chatops_``.
 
-The collector computes nothing: everything it shows comes from one :class:`FleetReading`,
-taken once per scrape through the callable it was given. The store fills the counters
-(``FleetCounters``, bounded by the store's label-set cap), so a store that keeps them up to
-date as events arrive can hand them over as they are, and the scrape only formats them.
+Everything the collector shows comes from one :class:`FleetReading`, taken once per scrape
+through the callable it was given. The store fills the counters as events arrive
+(``FleetCounters``, bounded by the store's label-set cap), so a scrape only folds and formats.
+
+Bounded label sets (issue 12). prometheus_client formats each sample for several
+microseconds, so a scrape costs what the number of samples costs: Flower's label sets, kept
+as they are, were ~22k samples at 100k tasks of a 20-worker, 50-name fleet (~200 ms of the
+ingest process's core on this box; ``python -m bench.metrics_scrape``), and they grow with
+every pod name. Two folds, with Flower's metric names kept:
+
+- ``flower_events_total{worker,type,task}``: the ``max_task_names`` most active task names
+  (by events counted) keep their own series; the other names are summed into
+  ``task="other"``, per worker and type. Totals are unchanged, so ratios (failed / succeeded,
+  Flower's shipped alert) and ``sum by (worker)`` read as before.
+- ``flower_task_runtime_seconds{task}``: one histogram per task name (the same kept names
+  plus ``other``), summed over workers. Per worker and name it was 17 samples times workers
+  times names, three quarters of the exposition, for a distribution the workers of one fleet
+  share; ``histogram_quantile(..., sum by (le, task) (...))`` reads as before, a query by
+  ``worker`` on this one family does not.
 """
 
 from __future__ import annotations
@@ -29,7 +44,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from chatbot.broker import QueueLength
-from chatbot.model import RUNTIME_BUCKETS, FleetCounters, StreamHealth, Worker
+from chatbot.model import RUNTIME_BUCKETS, FleetCounters, RuntimeHistogram, StreamHealth, Worker
 from chatbot.store import FleetStore
 
 # Bucket bounds as label values, rendered once (``le`` strings are what Flower's exposition has).
@@ -76,28 +91,65 @@ def read_fleet(
     )
 
 
+# Task names with series of their own; the rest are summed under OTHER_TASKS (see above).
+DEFAULT_MAX_TASK_NAMES = 20
+OTHER_TASKS = "other"
+
+
 class FleetCollector(Collector):
     """A custom collector: families built from ``read()`` at each scrape, never stored."""
 
-    def __init__(self, read: Callable[[], FleetReading]) -> None:
+    def __init__(
+        self, read: Callable[[], FleetReading], max_task_names: int = DEFAULT_MAX_TASK_NAMES
+    ) -> None:
         self.read = read
+        self.max_task_names = max_task_names
 
     def describe(self) -> Iterable[Metric]:
         # The names this collector owns, so a registry refuses a second owner of any of them.
-        return list(_families(None))
+        return list(_families(None, self.max_task_names))
 
     def collect(self) -> Iterable[Metric]:
-        return _families(self.read())
+        return _families(self.read(), self.max_task_names)
 
 
-def fleet_registry(read: Callable[[], FleetReading]) -> CollectorRegistry:
+def fleet_registry(
+    read: Callable[[], FleetReading], max_task_names: int = DEFAULT_MAX_TASK_NAMES
+) -> CollectorRegistry:
     """A private registry (never prometheus_client's global one) holding the fleet collector."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(read))
+    registry.register(FleetCollector(read, max_task_names))
     return registry
 
 
-def _families(reading: FleetReading | None) -> Iterator[Metric]:
+def fold_counters(
+    counters: FleetCounters, max_task_names: int
+) -> tuple[dict[tuple[str, str, str], int], dict[str, RuntimeHistogram]]:
+    """Events per (worker, type, task) and runtimes per task, the task names beyond the
+    ``max_task_names`` most active summed under :data:`OTHER_TASKS`."""
+    activity: dict[str, int] = {}
+    for (_, _, task), count in counters.events.items():
+        activity[task] = activity.get(task, 0) + count
+    kept = set(sorted(activity, key=lambda name: (-activity[name], name))[:max_task_names])
+    events: dict[tuple[str, str, str], int] = {}
+    for (host, kind, task), count in counters.events.items():
+        key = (host, kind, task if task in kept else OTHER_TASKS)
+        events[key] = events.get(key, 0) + count
+    runtimes: dict[str, RuntimeHistogram] = {}
+    for (_, task), histogram in counters.runtimes.items():
+        name = task if task in kept else OTHER_TASKS
+        into = runtimes.get(name)
+        if into is None:
+            runtimes[name] = RuntimeHistogram(list(histogram.buckets), histogram.total,
+                                              histogram.count)
+            continue
+        into.buckets = [a + b for a, b in zip(into.buckets, histogram.buckets, strict=True)]
+        into.total += histogram.total
+        into.count += histogram.count
+    return events, runtimes
+
+
+def _families(reading: FleetReading | None, max_task_names: int) -> Iterator[Metric]:
     """The fleet's metric families; with ``reading=None`` only their names and types."""
     events = CounterMetricFamily(
         "flower_events_total",
@@ -106,8 +158,8 @@ def _families(reading: FleetReading | None) -> Iterator[Metric]:
     )
     runtimes = HistogramMetricFamily(
         "flower_task_runtime_seconds",
-        "Task runtime of succeeded tasks, as Flower measures it.",
-        labels=("worker", "task"),
+        "Task runtime of succeeded tasks, as Flower measures it (summed over workers).",
+        labels=("task",),
     )
     online = GaugeMetricFamily(
         "flower_worker_online",
@@ -148,19 +200,19 @@ def _families(reading: FleetReading | None) -> Iterator[Metric]:
     # add_metric would make (_total; cumulative _bucket, _count, _sum): add_metric builds
     # each label dict from zipped lists, which made collect() several times slower.
     counters = reading.counters
+    event_counts, histograms = fold_counters(counters, max_task_names)
     add_event = events.add_sample
-    for (host, kind, task), count in counters.events.items():
+    for (host, kind, task), count in event_counts.items():
         add_event("flower_events_total", {"worker": host, "type": kind, "task": task}, count)
     add_runtime = runtimes.add_sample
-    for (host, task), histogram in counters.runtimes.items():
+    for task, histogram in histograms.items():
         cumulative = 0
         for le, count in zip(_LE, histogram.buckets, strict=True):
             cumulative += count
             add_runtime(
-                "flower_task_runtime_seconds_bucket", {"worker": host, "task": task, "le": le},
-                cumulative,
+                "flower_task_runtime_seconds_bucket", {"task": task, "le": le}, cumulative
             )
-        labels = {"worker": host, "task": task}
+        labels = {"task": task}
         add_runtime("flower_task_runtime_seconds_count", labels, histogram.count)
         add_runtime("flower_task_runtime_seconds_sum", labels, histogram.total)
     for worker in reading.workers:

@@ -112,3 +112,54 @@ def test_the_fleet_collector_owns_its_names_and_shares_a_registry_with_slack_cou
     ).decode()
     assert "celery_chatops_last_event_age_seconds" not in families(text)
     assert "celery_chatops_events_ingested" in families(text)
+
+
+def test_label_sets_are_bounded_by_folding_the_least_active_task_names_into_other() -> None:
+    # Issue 12: the exposition's size follows the number of samples, so task names beyond
+    # the most active keep no series of their own; their counts are summed, never dropped.
+    store = MemoryStore(clock=lambda: T0)
+    events: list[dict[str, object]] = []
+    for i in range(6):
+        name = f"proj.t{i}"
+        for n in range(6 - i):  # proj.t0 is the most active, proj.t5 the least
+            uuid = f"{name}-{n}"
+            worker = f"w{n % 2}@h"
+            events += [
+                {"type": "task-received", "uuid": uuid, "name": name, "hostname": worker,
+                 "timestamp": T0, "local_received": T0},
+                {"type": "task-succeeded", "uuid": uuid, "runtime": 0.02 * (i + 1),
+                 "hostname": worker, "timestamp": T0 + 1, "local_received": T0},
+            ]
+    store.apply(events)
+    registry = fleet_registry(
+        lambda: read_fleet(store, stream=store.health(), now=T0), max_task_names=2
+    )
+    parsed = families(generate_latest(registry).decode())
+    counted: dict[tuple[str, str, str], float] = {
+        (s[1]["worker"], s[1]["type"], s[1]["task"]): s[2] for s in parsed["flower_events"]
+    }
+    assert {task for _, _, task in counted} == {"proj.t0", "proj.t1", "other"}
+    # per worker and type, "other" is the sum of the folded names' events
+    assert counted[("w0@h", "task-succeeded", "other")] == 2 + 2 + 1 + 1  # t2..t5 on w0
+    assert counted[("w1@h", "task-received", "other")] == 2 + 1 + 1  # t2..t4 on w1
+    assert counted[("w0@h", "task-succeeded", "proj.t0")] == 3
+    assert sum(counted.values()) == len(events)  # nothing dropped
+    # runtimes: one histogram per kept name and one for the rest, summed over workers
+    counts = {
+        s[1]["task"]: s[2]
+        for s in parsed["flower_task_runtime_seconds"]
+        if s[0] == "flower_task_runtime_seconds_count"
+    }
+    assert counts == {"proj.t0": 6, "proj.t1": 5, "other": 4 + 3 + 2 + 1}
+    sums = {
+        s[1]["task"]: s[2]
+        for s in parsed["flower_task_runtime_seconds"]
+        if s[0] == "flower_task_runtime_seconds_sum"
+    }
+    assert sums["other"] == pytest.approx(0.06 * 4 + 0.08 * 3 + 0.10 * 2 + 0.12)
+    buckets = {
+        s[1]["le"]: s[2]
+        for s in parsed["flower_task_runtime_seconds"]
+        if s[0].endswith("_bucket") and s[1]["task"] == "other"
+    }
+    assert buckets["0.075"] == 4 and buckets["0.1"] == 4 + 3 + 2 and buckets["+Inf"] == 10
