@@ -119,3 +119,27 @@ def test_snapshot_copies_every_field() -> None:
     task = Task(**values)
     copy = task.snapshot()
     assert copy == task and copy is not task
+
+
+def test_tracebacks_are_kept_compressed_once_the_first_ones_made_the_dictionary() -> None:
+    # What the contract's read-back test (test_store_contract.py) relies on reaching: after
+    # the first 4 KB of tracebacks, records hold them compressed, and much smaller.
+    store = MemoryStore()
+    ids = []
+    for i in range(30):
+        uuid = new_id()
+        frames = "".join(
+            f'  File "/srv/app/mod{j}/tasks.py", line {i * 31 + j}, in step{j}\n'
+            f"    value = helper_{j}(payload)\n"
+            for j in range(10)
+        )
+        text = f"Traceback (most recent call last):\n{frames}ValueError: {i}\n"
+        store.apply([received(uuid, T0 + i), {**failed(uuid, T0 + i + 1), "traceback": text}])
+        ids.append((uuid, text))
+    records = [store._tasks[uuid] for uuid, _ in ids]
+    assert records[0].packed is None and records[0].traceback == ids[0][1]  # a seed: as is
+    late = records[-1]
+    assert late.traceback is None and late.packed is not None
+    assert len(late.packed) < len(ids[-1][1]) / 3
+    read_back = {uuid: store.get_task(uuid) for uuid, _ in ids}
+    assert {uuid: t.traceback if t else None for uuid, t in read_back.items()} == dict(ids)

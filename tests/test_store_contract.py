@@ -417,6 +417,31 @@ def test_large_payloads_are_clipped_at_ingest_keeping_the_end_of_a_traceback(
     assert task.traceback.endswith("KeyError: 'last'")
 
 
+def test_tracebacks_read_back_exactly_as_kept_once_the_store_compresses_them(
+    make_backend: MakeBackend,
+) -> None:
+    # The memory store keeps tracebacks compressed with a dictionary made of the first ones
+    # it saw (chatbot/store/memory.py); every reader gets the text back, byte for byte.
+    store = make_backend()
+    sent: dict[str, str] = {}
+    for i in range(40):  # well past the dictionary's 4 KB of seed tracebacks
+        uuid = new_id()
+        frames = "".join(
+            f'  File "/srv/app/mod{(i * 7 + j) % 13}/tasks.py", line {i * 31 + j}, in step{j}\n'
+            f"    value = helper_{j}(payload, attempt={i})\n"
+            for j in range(8)
+        )
+        text = f"Traceback (most recent call last):\n{frames}KeyError: 'é{i}'\n"
+        sent[uuid] = text
+        store.apply([received(uuid, T0 + i), {**failed(uuid, T0 + i + 0.5), "traceback": text}])
+    for uuid, text in sent.items():
+        task = store.get_task(uuid)
+        assert task is not None and task.traceback == text
+    newest = store.failure_summary(None, 3600.0, T0 + 100, 5).newest
+    assert [t.traceback for t in newest] == [sent[t.uuid] for t in newest] != []
+    assert {t.uuid: t.traceback for t in store.tasks(state=FAILURE, limit=100)} == sent
+
+
 def test_queries_by_state_name_worker_and_since_come_newest_first(
     make_backend: MakeBackend,
 ) -> None:

@@ -45,6 +45,7 @@ import math
 import sys
 import threading
 import time
+import zlib
 from bisect import bisect_left, insort
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -104,8 +105,29 @@ _EVICTION_ORDER: tuple[tuple[str, ...], ...] = (
 MAX_EVENT_TYPES = 64  # distinct event type names counted; the rest count as "other"
 MAX_FAILURE_TIMES = 100_000  # failure times kept per name for the spike window
 MAX_LABEL_SETS = 20_000  # metric label combinations kept (worker x type x task name)
+_TASK_FIELDS: tuple[str, ...] = tuple(Task.__slots__)
 _FailureEntry = tuple[float, str, str, str]  # failed at, uuid, exception type, task name
 Sample = tuple[str, float]  # task name, and a failure time or a runtime
+
+
+# Tracebacks are kept compressed with a preset dictionary: the first TRACEBACK_DICTIONARY
+# bytes of tracebacks this store saw. A fleet's tracebacks share most of their text (the
+# same Celery frames, the same code paths), so a ~900-byte traceback keeps ~150 bytes
+# (``python -m bench.store_perf``: ~300 of ~1,500 bytes per retained task were tracebacks),
+# for ~25 us of compression per failure and ~7 us to read one back. Raw deflate: no header.
+TRACEBACK_DICTIONARY = 4096
+_DEFLATE = (1, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
+
+
+class _Record(Task):
+    """A retained task: a :class:`Task` whose traceback may be held compressed in ``packed``
+    (then ``traceback`` is None); the store's snapshots hand out the text."""
+
+    __slots__ = ("packed",)
+
+    def __init__(self, uuid: str, state_ts: float) -> None:
+        super().__init__(uuid=uuid, state_ts=state_ts)
+        self.packed: bytes | None = None
 
 
 class _Ordered:
@@ -183,7 +205,10 @@ class MemoryStore:
         self._failure_horizon = failure_horizon
         self._lock = threading.Lock()
 
-        self._tasks: dict[str, Task] = {}
+        self._tasks: dict[str, _Record] = {}
+        self._traceback_dictionary: bytes | None = None  # see TRACEBACK_DICTIONARY
+        self._traceback_seed: list[str] = []
+        self._traceback_seed_size = 0
         # Tasks by state, name and worker, each in the order they joined (see _Ordered).
         self._by_state: dict[str, _Ordered] = {s: _Ordered() for s in TASK_STATES}
         self._by_name: dict[str, _Ordered] = {}
@@ -300,7 +325,7 @@ class MemoryStore:
                 # Kept in the memory: it is only read for an absent task, and the next
                 # eviction of this one overwrites it.
             # Not indexed in any state yet: _transition puts it in its first one.
-            task = Task(uuid=uuid, state_ts=ts)
+            task = _Record(uuid, ts)
             self._tasks[uuid] = task
             self._created_since_freeze += 1
 
@@ -369,7 +394,9 @@ class MemoryStore:
                     task.exception = self._redactor.clipped(exception, limits.exception)
                 traceback = event.get("traceback")
                 if traceback is not None:
-                    task.traceback = self._redactor.clipped_tail(traceback, limits.traceback)
+                    self._keep_traceback(
+                        task, self._redactor.clipped_tail(traceback, limits.traceback)
+                    )
             if kind == "task-retried" and (task.retried is None or ts > task.retried):
                 task.retried = ts
         elif kind == "task-revoked":
@@ -422,6 +449,37 @@ class MemoryStore:
             self._record_runtime(task.name, task.runtime)
             if self._track:
                 self._new_runtimes.append((task.name, task.runtime))
+
+    def _keep_traceback(self, task: _Record, text: str | None) -> None:
+        """``task.traceback = text``, compressed once the dictionary exists."""
+        dictionary = self._traceback_dictionary
+        if text is None:
+            task.traceback, task.packed = None, None
+            return
+        if dictionary is None:
+            # The first tracebacks are kept as they are, and become the dictionary.
+            task.traceback, task.packed = text, None
+            self._traceback_seed.append(text)
+            self._traceback_seed_size += len(text)
+            if self._traceback_seed_size >= TRACEBACK_DICTIONARY:
+                seed = "".join(self._traceback_seed).encode("utf-8", "surrogatepass")
+                self._traceback_dictionary = seed[-TRACEBACK_DICTIONARY:]
+                self._traceback_seed = []
+            return
+        packer = zlib.compressobj(*_DEFLATE, dictionary)
+        packed = packer.compress(text.encode("utf-8", "surrogatepass")) + packer.flush()
+        if len(packed) < len(text):
+            task.traceback, task.packed = None, packed
+        else:
+            task.traceback, task.packed = text, None
+
+    def _snap(self, task: _Record) -> Task:
+        """The record as handed out: a :class:`Task`, its traceback as text."""
+        snap = task.snapshot()
+        if task.packed is not None:
+            unpacker = zlib.decompressobj(-15, self._traceback_dictionary or b"")
+            snap.traceback = unpacker.decompress(task.packed).decode("utf-8", "surrogatepass")
+        return snap
 
     def _count(self, worker: str, kind: str, name: str, runtime: float | None) -> None:
         """The /metrics counters of one task event, labelled as Flower labels them."""
@@ -480,7 +538,7 @@ class MemoryStore:
         group.ids = deque(kept)
         group.live = len(kept)
 
-    def _members(self, group: _Ordered | None, field: str, key: str) -> Iterator[Task]:
+    def _members(self, group: _Ordered | None, field: str, key: str) -> Iterator[_Record]:
         """The group's tasks, newest first (each once, at its last place)."""
         if group is None or not group.live:
             return
@@ -690,7 +748,7 @@ class MemoryStore:
     def drain_changes(self) -> StoreChanges:
         """What changed since the last drain (needs ``track_changes=True``)."""
         with self._lock:
-            tasks = [self._tasks[u].snapshot() for u in self._changed]
+            tasks = [self._snap(self._tasks[u]) for u in self._changed]
             removed = list(self._removed)
             workers: list[Worker] = []
             gone: list[str] = []
@@ -728,10 +786,14 @@ class MemoryStore:
         The statistics rebuilt from them are not changes: :meth:`drain_changes` leaves them out.
         """
         with self._lock:
-            for task in sorted(tasks, key=lambda t: t.state_ts):
-                task = task.snapshot()
-                if task.uuid in self._tasks:
+            for stored in sorted(tasks, key=lambda t: t.state_ts):
+                if stored.uuid in self._tasks:
                     continue
+                task = _Record(stored.uuid, stored.state_ts)
+                for field in _TASK_FIELDS:
+                    setattr(task, field, getattr(stored, field))
+                if task.traceback is not None:
+                    self._keep_traceback(task, task.traceback)
                 self._tasks[task.uuid] = task
                 group = self._by_state[task.state]
                 group.ids.append(task.uuid)
@@ -761,7 +823,7 @@ class MemoryStore:
     def get_task(self, uuid: str) -> Task | None:
         with self._lock:
             task = self._tasks.get(uuid)
-            return task.snapshot() if task is not None else None
+            return self._snap(task) if task is not None else None
 
     def find_task_ids(self, prefix: str, limit: int = 2) -> list[str]:
         with self._lock:
@@ -792,15 +854,15 @@ class MemoryStore:
                 for task in self._select(state, name, worker, since)
                 if since is None or task.state_ts >= since
             )
-            found = [task.snapshot() for task in islice(matching, limit)]
+            found = [self._snap(task) for task in islice(matching, limit)]
         found.sort(key=lambda t: t.state_ts, reverse=True)
         return found
 
     def _select(
         self, state: str | None, name: str | None, worker: str | None, since: float | None
-    ) -> Iterable[Task]:
+    ) -> Iterable[_Record]:
         """Matching tasks, newest entry first, from the smallest index that applies."""
-        found: Iterable[Task]
+        found: Iterable[_Record]
         tasks = self._tasks
         if state == FAILURE:
             # Failures have an exact time order: newest first, stop at ``since``.
@@ -856,7 +918,7 @@ class MemoryStore:
     def active(self, worker: str | None = None) -> list[Task]:
         with self._lock:
             running = [
-                task.snapshot()
+                self._snap(task)
                 for task in self._members(self._by_state[STARTED], "state", STARTED)
                 if worker is None or task.worker == worker
             ]
@@ -879,7 +941,7 @@ class MemoryStore:
             failed = self._failed_by_time if name is None else self._failed_by_name.get(name, [])
             start = bisect_left(failed, (cutoff, ""))
             tasks = self._tasks
-            return [tasks[entry[1]].snapshot() for entry in reversed(failed[start:])]
+            return [self._snap(tasks[entry[1]]) for entry in reversed(failed[start:])]
 
     def failure_summary(
         self, name: str | None, window: float, now: float, limit: int
@@ -903,7 +965,7 @@ class MemoryStore:
                     by_name[label] = by_name.get(label, 0) + count
             tasks = self._tasks
             end = max(start, len(failed) - max(0, limit))
-            newest = [tasks[failed[i][1]].snapshot() for i in range(len(failed) - 1, end - 1, -1)]
+            newest = [self._snap(tasks[failed[i][1]]) for i in range(len(failed) - 1, end - 1, -1)]
         return FailureSummary(len(failed) - start, newest, by_type, by_name)
 
     def runtime_stats(self, name: str) -> RuntimeStats | None:
