@@ -136,7 +136,9 @@ class _Ordered:
     An append-only queue: an id that leaves the group stays in it until it reaches the head
     or the queue is compacted, so every reader checks each id against its record (the
     record's state, name or worker is the truth). ``live`` counts the members. An id that
-    left and joined again is in the queue twice; readers keep its last place.
+    left and joined again is in the queue twice; readers keep its last place. Once the queue
+    holds more than ``2 * live + 32`` ids it is compacted (amortised O(1) a join; the test is
+    written out where a group is joined, once an event, as a call would cost more than it).
     """
 
     __slots__ = ("ids", "live")
@@ -144,10 +146,6 @@ class _Ordered:
     def __init__(self) -> None:
         self.ids: deque[str] = deque()
         self.live = 0
-
-    def stale(self) -> bool:
-        """More left-over ids than members: time to compact (amortised O(1) per join)."""
-        return len(self.ids) > 2 * self.live + 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,7 +434,7 @@ class MemoryStore:
         group = self._by_state[new]
         group.ids.append(task.uuid)
         group.live += 1
-        if group.stale():
+        if len(group.ids) > 2 * group.live + 32:
             self._compact(group, "state", new)
         task.state_ts = ts
         if new in _TERMINAL_PRECEDENCE:
@@ -516,7 +514,7 @@ class MemoryStore:
             group = index[key] = _Ordered()
         group.ids.append(uuid)
         group.live += 1
-        if group.stale():
+        if len(group.ids) > 2 * group.live + 32:
             self._compact(group, "name" if index is self._by_name else "worker", key)
 
     @staticmethod
