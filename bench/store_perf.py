@@ -46,7 +46,7 @@ import psutil
 from bench.events import FleetEvents
 
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE_COMMIT = "f774add"  # main when issue 12's store work started
+REFERENCE_COMMIT = "a183fbd"  # main before issue 12's store work (this branch is rebased on it)
 BATCH = 1000
 Event = dict[str, Any]
 
