@@ -7,6 +7,7 @@ The behaviour both backends share (event semantics, caps, queries) is the contra
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any
 
@@ -143,3 +144,31 @@ def test_tracebacks_are_kept_compressed_once_the_first_ones_made_the_dictionary(
     assert len(late.packed) < len(ids[-1][1]) / 3
     read_back = {uuid: store.get_task(uuid) for uuid, _ in ids}
     assert {uuid: t.traceback if t else None for uuid, t in read_back.items()} == dict(ids)
+
+
+def test_long_lived_records_are_frozen_out_of_full_collections_every_so_many_new_tasks() -> None:
+    # Issue 12, item 3: full collections must not visit every retained record. The store
+    # moves what is alive to the permanent generation every `gc_freeze_every` new tasks.
+    gc.unfreeze()
+    try:
+        store = MemoryStore(max_tasks=1000, gc_freeze_every=100)
+        for i in range(99):
+            run_task(store, T0 + i)
+        assert gc.get_freeze_count() == 0  # not due yet
+        old = store._tasks[run_task(store, T0 + 100)]
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        young = store._tasks[run_task(store, T0 + 101)]
+        visited = gc.get_objects()  # what a full collection visits: not the frozen ones
+        assert not any(obj is old for obj in visited)
+        assert any(obj is young for obj in visited)  # created since: not frozen yet
+        for i in range(100):
+            run_task(store, T0 + 200 + i)
+        assert gc.get_freeze_count() > frozen  # the next hundred went too
+        gc.unfreeze()
+        never = MemoryStore(max_tasks=1000, gc_freeze_every=0)
+        for i in range(300):
+            run_task(never, T0 + i)
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()  # the rest of the test session collects as usual
