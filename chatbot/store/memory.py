@@ -19,7 +19,11 @@ Design notes (why it looks like this):
   entry under churn costs ~100.
 - No phantoms: the ids of evicted tasks are remembered (a bounded ring, with the state they
   left in), so a late event for one is checked against that state, as for a retained task: a
-  ``task-started`` arriving after its task succeeded and was evicted creates nothing.
+  ``task-started`` arriving after its task succeeded and was evicted creates nothing. The
+  Redis writer runs this state machine, so the rule holds there too; the ring lives in the
+  writer's process only (a new writer after a failover starts with it empty).
+- A window's failure counts by name and exception type are a bisect per (name, type) list,
+  not a pass over every failure in the window (``/celery failed`` at 100k tasks).
 - Late, duplicated and out-of-order events: a finished task never becomes active again; among
   unfinished states the newer event wins (so a retry's second attempt moves forward while a
   stale duplicate does nothing); task-failed carries no name, so fields from earlier events are
