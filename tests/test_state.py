@@ -172,3 +172,23 @@ def test_long_lived_records_are_frozen_out_of_full_collections_every_so_many_new
         assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()  # the rest of the test session collects as usual
+
+
+def test_a_task_evicted_twice_is_remembered_by_its_last_eviction() -> None:
+    # Found by bench.store_perf's phantom check: a task evicted while queued, back when its
+    # success arrived, evicted again, must not be forgotten when its first eviction leaves
+    # the ring, or its late task-started makes it a running task for good.
+    store = MemoryStore(max_tasks=2, recent_ids=4)
+    task = new_id()
+    store.apply([received(task, T0)])
+    store.apply([received(new_id(), T0 + 1), received(new_id(), T0 + 2)])  # evicts `task`
+    assert store.get_task(task) is None
+    store.apply([succeeded(task, T0 + 5)])  # back, finished
+    assert store.get_task(task) is not None
+    for i in range(3):  # evicted again, then its first eviction leaves the ring of 4
+        run_task(store, T0 + 10 + i)
+    assert store.get_task(task) is None
+    assert store.health().tasks_evicted >= 5
+    store.apply([started(task, T0 + 4)])  # the late event
+    assert store.get_task(task) is None
+    assert store.active() == []
