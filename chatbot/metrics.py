@@ -252,6 +252,15 @@ _STREAM: tuple[tuple[str, str, str, Callable[[StreamHealth, int], float]], ...] 
      "Events received from the broker and not yet applied.", lambda s, _: s.lag_events),
     ("celery_chatops_metric_labels_dropped_total", "counter",
      "Label sets not tracked because of the cardinality cap.", lambda _, dropped: dropped),
+    ("celery_chatops_intake_restarts_total", "counter",
+     "Times an event intake thread died and was restarted.", lambda s, _: s.intake_restarts),
+    ("celery_chatops_intake_healthy", "gauge",
+     "0 while event intake is dead or stalled (then /healthz answers 503).",
+     lambda s, _: 0 if s.intake_problem else 1),
+)
+_MALFORMED_BY_REASON = (
+    "celery_chatops_events_dropped_by_reason_total",
+    "Events or broker messages dropped as malformed, by reason (a fixed set of reasons).",
 )
 _LAST_EVENT_AGE = (
     "celery_chatops_last_event_age_seconds",
@@ -271,6 +280,11 @@ def _stream_families(reading: FleetReading | None) -> Iterator[Metric]:
             yield CounterMetricFamily(name, help_text, value=value)
         else:
             yield GaugeMetricFamily(name, help_text, value=value)
+    by_reason = CounterMetricFamily(*_MALFORMED_BY_REASON, labels=("reason",))
+    if reading is not None:
+        for reason, count in sorted(reading.stream.malformed_by_reason.items()):
+            by_reason.add_metric((reason,), count)
+    yield by_reason
     if reading is None:
         yield GaugeMetricFamily(*_LAST_EVENT_AGE)
     elif reading.stream.last_event_at is not None:

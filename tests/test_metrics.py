@@ -163,3 +163,17 @@ def test_label_sets_are_bounded_by_folding_the_least_active_task_names_into_othe
         if s[0].endswith("_bucket") and s[1]["task"] == "other"
     }
     assert buckets["0.075"] == 4 and buckets["0.1"] == 4 + 3 + 2 and buckets["+Inf"] == 10
+
+
+def test_intake_health_is_on_metrics() -> None:
+    store = MemoryStore(clock=lambda: T0)
+    stream = store.health()
+    stream.intake_restarts = 2
+    stream.intake_problem = "the event applier is not running"
+    stream.malformed_by_reason = {"not_json": 3, "bad_timestamp": 1}
+    registry = fleet_registry(lambda: read_fleet(store, stream=stream, queues=[], now=T0))
+    parsed = families(generate_latest(registry).decode())
+    assert parsed["celery_chatops_intake_restarts"][0][2] == 2
+    assert parsed["celery_chatops_intake_healthy"][0][2] == 0
+    by_reason = {s[1]["reason"]: s[2] for s in parsed["celery_chatops_events_dropped_by_reason"]}
+    assert by_reason == {"not_json": 3, "bad_timestamp": 1}
