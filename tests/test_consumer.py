@@ -11,6 +11,7 @@ import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -31,18 +32,13 @@ from chatbot.eventwire import (
 from chatbot.model import FAILURE, SUCCESS, StreamHealth, Task
 from chatbot.store.memory import MemoryStore
 from tests.fleet_app import ADD, FAIL, FLAKY, make_app
+from tests.support import wait_until
 
 DEADLINE = 60.0
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str = "") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
+# The suite's one polling helper, with this file's deadline (it bounds a hang only).
+wait_for: Callable[..., Any] = partial(wait_until, timeout=DEADLINE, interval=0.05)
 
 
 def health(consumer: EventConsumer, store: MemoryStore) -> StreamHealth:

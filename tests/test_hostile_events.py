@@ -52,18 +52,13 @@ from chatbot.eventwire import (
 from chatbot.model import STARTED, SUCCESS, StreamHealth, Task
 from chatbot.store import FleetStore
 from chatbot.store.memory import MemoryStore
+from tests.support import wait_until
 
 DEADLINE = 60.0
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str = "") -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
+# The suite's one polling helper, with this file's deadline (it bounds a hang only).
+wait_for: Callable[..., Any] = partial(wait_until, timeout=DEADLINE, interval=0.02)
 
 
 def _db(url: str) -> int:
