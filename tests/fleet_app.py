@@ -23,7 +23,10 @@ FAIL = "fleet.fail"
 FLAKY = "fleet.flaky"
 HANG = "fleet.hang"
 ECHO = "fleet.echo"
-TASK_NAMES = (ADD, FAIL, FLAKY, HANG, ECHO)
+UNREACHABLE = "fleet.publish_unreachable"
+TASK_NAMES = (ADD, FAIL, FLAKY, HANG, ECHO, UNREACHABLE)
+# Nothing listens on port 1: publishing there fails inside kombu and redis-py.
+UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"
 
 
 def _check_message(message: str) -> None:
@@ -84,6 +87,16 @@ def make_app(
     @app.task(name=ECHO)
     def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"args": list(args), "kwargs": kwargs}
+
+    @app.task(name=UNREACHABLE)
+    def publish_unreachable() -> None:
+        """Fails the way a task that publishes to a dead broker fails: chained exceptions with
+        runs of celery and kombu frames between the task's own frame and redis-py's."""
+        other = Celery("unreachable", set_as_current=False)
+        other.conf.broker_connection_timeout = 2
+        # An explicit connection: the worker's CELERY_BROKER_URL would win over ``broker=``.
+        with other.connection_for_write(UNREACHABLE_BROKER) as connection:
+            other.send_task(ADD, (1, 2), retry=False, connection=connection)
 
     return app
 
