@@ -187,7 +187,7 @@ def _slot_value(kind: str) -> st.SearchStrategy[str]:
     if kind == "hexaddr":
         return st.integers(min_value=0, max_value=2**48).map(hex)
     inner = st.text(
-        alphabet=st.characters(blacklist_characters="'\"\n\\", blacklist_categories=("Cs",)),
+        alphabet=st.characters(blacklist_characters="'\"\n\\", blacklist_categories=["Cs"]),
         max_size=30,
     )
     quote = "'" if kind == "quoted" else '"'
