@@ -391,7 +391,7 @@ class Settings:
         ),
     )  # fmt: skip
     approval_required: tuple[str, ...] = field(
-        default=("revoke", "shutdown"),
+        default=("revoke", "shutdown", "retry"),
         metadata=_meta(
             "CHATOPS_APPROVAL_REQUIRED", _csv, CONTROL,
             "control commands that need an approval (the others run at once for operators)",

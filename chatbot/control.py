@@ -28,6 +28,8 @@ from urllib.parse import unquote, urlsplit
 
 from celery import Celery
 
+from chatbot.retry import RetryPlan, TaskResender
+
 __all__ = [
     "INSPECT_METHODS",
     "ControlError",
@@ -277,6 +279,20 @@ class FleetControl:
         return ControlResult(
             "shutdown", {name: WorkerReply(name, "sent", None, message)}, arguments
         )
+
+    def resend(self, plans: Sequence[RetryPlan]) -> ControlResult:
+        """Re-send failed tasks (:mod:`chatbot.retry`): one reply per failed task, keyed by
+        its id, ``ok`` with the new task's id as its value, or ``error`` saying why not."""
+        replies: dict[str, WorkerReply] = {}
+        for sent in TaskResender(self.app).resend(plans):
+            if sent.new_id is not None:
+                message = f"re-sent as {sent.new_id} to queue {sent.queue}"
+                replies[sent.task_id] = WorkerReply(sent.task_id, "ok", sent.new_id, message)
+            else:
+                message = f"not re-sent: {sent.error}"
+                replies[sent.task_id] = WorkerReply(sent.task_id, "error", None, message)
+        arguments = {"tasks": [plan.task_id for plan in plans]}
+        return ControlResult("retry", replies, arguments)
 
     def add_consumer(
         self, queue: str, worker: str | None = None, expected: Sequence[str] = ()

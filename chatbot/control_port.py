@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from chatbot.control import ControlResult
+from chatbot.retry import RetryPlan
 
 __all__ = ["ControlPort"]
 
@@ -49,6 +50,10 @@ class ControlPort(Protocol):
     ) -> ControlResult: ...
 
     def shutdown(self, worker: str) -> ControlResult: ...
+
+    def resend(self, plans: Sequence[RetryPlan]) -> ControlResult:
+        """Re-send failed tasks; one reply per failed task id (the new id as its value)."""
+        ...
 
     def add_consumer(
         self, queue: str, worker: str | None = None, expected: Sequence[str] = ()

@@ -48,6 +48,7 @@ from chatbot.redaction import ELLIPSIS, REDACTED_TEXT, WITHHELD
 __all__ = [
     "REPR_MAXLEVELS",
     "REPR_MAXSIZE",
+    "RebuildError",
     "Resent",
     "RetryPlan",
     "RetryRefusal",
@@ -83,6 +84,35 @@ class RetryPlan:
     queue: str
     args_repr: str  # as the event carried them: what the approval card shows
     kwargs_repr: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for an approval record: the reprs, not the values (JSON would turn a
+        tuple into a list); :meth:`from_dict` rebuilds the values from them again."""
+        return {
+            "id": self.task_id,
+            "name": self.name,
+            "queue": self.queue,
+            "args": self.args_repr,
+            "kwargs": self.kwargs_repr,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RetryPlan:
+        """The plan stored by :meth:`as_dict`; :class:`RebuildError` if it no longer rebuilds."""
+        args_repr, kwargs_repr = str(data["args"]), str(data["kwargs"])
+        args = rebuild(args_repr, "positional arguments")
+        kwargs = rebuild(kwargs_repr, "keyword arguments")
+        if not isinstance(args, tuple | list) or not isinstance(kwargs, dict):
+            raise RebuildError("the stored arguments are not a list and a mapping")
+        return cls(
+            str(data["id"]),
+            str(data["name"]),
+            args,
+            kwargs,
+            str(data["queue"]),
+            args_repr,
+            kwargs_repr,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from chatbot.control import ControlResult, FleetControl, WorkerReply
 from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import REVOKED, STARTED
 from chatbot.render import BUTTON_VALUE_MAX, Message
+from chatbot.retry import RetryPlan
 from chatbot.store.memory import MemoryStore
 from chatbot.store.records import MemoryRecordStore
 from chatbot.store.redis import RedisRecordStore
@@ -107,6 +108,9 @@ class RecordingControl:
 
     def shutdown(self, worker: str) -> ControlResult:
         return self._answer("shutdown", worker)
+
+    def resend(self, plans: Sequence[RetryPlan]) -> ControlResult:
+        return self._answer("retry", [plan.task_id for plan in plans])
 
     def add_consumer(
         self, queue: str, worker: str | None = None, expected: Sequence[str] = ()
@@ -308,6 +312,15 @@ EVERY_KIND_BUT_REVOKE = [
         f"stop consuming queue q1 on {WORKER}",
     ),
     (ControlAction.shutdown(WORKER), (WORKER,), f"warm shutdown of {WORKER}"),
+    (
+        ControlAction.retry(
+            [RetryPlan("t-1", HANG, (1,), {}, "celery", "(1,)", "{}")],
+            store=MemoryStore(),
+            now=0.0,
+        ),
+        (["t-1"],),
+        "retry 1 failed task with the same arguments",
+    ),
 ]
 
 

@@ -13,6 +13,7 @@ from chatbot.approvals.kinds import KINDS
 from chatbot.control import ControlResult, validate_rate, validate_signal
 from chatbot.control_port import ControlPort
 from chatbot.model import Task
+from chatbot.retry import RetryPlan, RetryRefusal
 from chatbot.store import FleetStore
 
 __all__ = ["PREVIEW_LIMIT", "ControlAction", "TaskPreview"]
@@ -100,7 +101,8 @@ class ControlAction:
     @property
     def hidden_targets(self) -> int:
         """Targets the card does not list one by one."""
-        return max(0, len(self.targets) - len(self.preview)) if self.kind == "revoke" else 0
+        listed = self.kind in ("revoke", "retry")
+        return max(0, len(self.targets) - len(self.preview)) if listed else 0
 
     def summary(self) -> str:
         """One plain line for notices and logs (not escaped: templates escape it)."""
@@ -153,6 +155,45 @@ class ControlAction:
             kind="revoke",
             targets=ids,
             parameters={"terminate": bool(terminate), "signal": validate_signal(signal)},
+            preview=tuple(preview),
+            selector=selector,
+        )
+
+    @classmethod
+    def retry(
+        cls,
+        plans: Sequence[RetryPlan],
+        *,
+        store: FleetStore,
+        now: float,
+        refused: Sequence[RetryRefusal] = (),
+        selector: str = "",
+        preview_limit: int = PREVIEW_LIMIT,
+    ) -> ControlAction:
+        """Re-send ``plans``; the card lists them (and, apart, the ``refused`` ones)."""
+        unique = list({plan.task_id: plan for plan in plans}.values())
+        preview: list[TaskPreview] = []
+        for plan in unique[: max(0, preview_limit)]:
+            task = store.get_task(plan.task_id)
+            preview.append(
+                TaskPreview.of(task, now)
+                if task
+                else TaskPreview(
+                    plan.task_id, plan.name, args=plan.args_repr, kwargs=plan.kwargs_repr
+                )
+            )
+        return cls(
+            kind="retry",
+            targets=tuple(plan.task_id for plan in unique),
+            parameters={
+                "tasks": [plan.as_dict() for plan in unique],
+                # Shown on the card, so the approver sees what will not be re-sent too.
+                "refused": [
+                    {"id": r.task_id, "name": r.name, "reason": r.reason}
+                    for r in refused[:preview_limit]
+                ],
+                "refused_count": len(refused),
+            },
             preview=tuple(preview),
             selector=selector,
         )

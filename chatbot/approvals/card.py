@@ -73,7 +73,11 @@ def render_card(
         actions_block_id=ACTIONS_BLOCK_ID,
         worker_online=worker_online.get(action.worker) if action.worker else None,
         more=action.hidden_targets,
-        narrow_hint="every listed id is revoked, shown or not",
+        narrow_hint=(
+            "every listed task is re-sent, shown or not"
+            if action.kind == "retry"
+            else "every listed id is revoked, shown or not"
+        ),
         policy_word=action.command,
     )
     # Only a pending card is updated later by its ts (expiry, decision, confirmation).

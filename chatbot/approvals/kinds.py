@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from chatbot.control import ControlResult
 from chatbot.control_port import ControlPort
+from chatbot.retry import RetryPlan
 
 if TYPE_CHECKING:
     from chatbot.approvals.action import ControlAction
@@ -61,6 +62,23 @@ def _send_revoke(
     )
 
 
+def _retry_summary(action: ControlAction) -> str:
+    count = len(action.targets)
+    what = f"retry {count} failed task{'s' if count != 1 else ''}"
+    if action.selector:
+        what += f" ({action.selector})"
+    return what + " with the same arguments"
+
+
+def _send_retry(
+    control: ControlPort, action: ControlAction, _expected: Sequence[str]
+) -> ControlResult:
+    # Rebuilt from the reprs the card showed (RebuildError if they no longer rebuild: then
+    # nothing is sent, and the approval's outcome says why).
+    plans = [RetryPlan.from_dict(task) for task in action.parameters.get("tasks") or ()]
+    return control.resend(plans)
+
+
 def _pool_summary(verb: str) -> Callable[[ControlAction], str]:
     def summary(action: ControlAction) -> str:
         return f"pool {verb} {action.targets[0]} by {action.parameters.get('n', 1)}"
@@ -85,6 +103,7 @@ def _time_limit_summary(action: ControlAction) -> str:
 
 KINDS: Mapping[str, Kind] = {
     "revoke": Kind("revoke", _revoke_summary, _send_revoke),
+    "retry": Kind("retry", _retry_summary, _send_retry),
     "pool_grow": Kind(
         "pool",
         _pool_summary("grow"),

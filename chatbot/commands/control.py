@@ -1,4 +1,5 @@
-"""Control subcommands: revoke, pool, autoscale, rate-limit, time-limit, consumer, shutdown.
+"""Control subcommands: revoke, retry, pool, autoscale, rate-limit, time-limit, consumer,
+shutdown.
 
 Every handler does the same three things, in this order, before anything reaches a worker:
 
@@ -43,6 +44,7 @@ from chatbot.commands.resolve import resolve_task_id, resolve_task_name, resolve
 from chatbot.control import validate_rate, validate_signal
 from chatbot.model import FINISHED_STATES, PENDING, RECEIVED, RETRY, STARTED, Task
 from chatbot.render import Message
+from chatbot.retry import RetryRefusal, plan_retries
 from chatbot.store import FleetStore
 
 __all__ = [
@@ -61,11 +63,15 @@ MAX_POOL_STEP = 32
 MAX_AUTOSCALE = 256
 MAX_TIME_LIMIT = 7 * 86400.0
 MAX_LISTED_IDS = 50
+# `retry --name`: how far back by default, and at most how many failures one request re-sends.
+DEFAULT_RETRY_SINCE = 3600.0
+MAX_RETRY = 100
 # States a bulk revoke takes by default: everything that has not finished yet.
 UNFINISHED_STATES = (STARTED, RECEIVED, RETRY, PENDING)
 
 CONTROL_COMMANDS = (
     "revoke",
+    "retry",
     "pool",
     "autoscale",
     "rate-limit",
@@ -252,6 +258,58 @@ class ControlCommands:
 
         return self._run(ctx, "revoke", ids or [name or ""], build)
 
+    def retry(self, args: ParsedArgs, ctx: CommandContext) -> Message:
+        ids: list[str] = list(args["ids"] or [])
+        name: str | None = args["name"]
+        since: float | None = args["since"]
+        exception: str | None = args["exception"]
+
+        def build() -> ControlAction:
+            if ids and name:
+                raise UsageError("give task ids or --name, not both")
+            if (since or exception) and not name:
+                raise UsageError("--since and --exception only apply with --name")
+            if not ids and not name:
+                raise UsageError("give one or more task ids, or --name NAME")
+            now = ctx.clock()
+            selector = ""
+            if ids:
+                if len(ids) > MAX_LISTED_IDS:
+                    raise UsageError(
+                        f"at most {MAX_LISTED_IDS} ids at once; for more use --name NAME"
+                    )
+                resolved = list(dict.fromkeys(resolve_task_id(ctx, raw) for raw in ids))
+                tasks = [t for t in (ctx.store.get_task(i) for i in resolved) if t is not None]
+            else:
+                assert name is not None
+                task_name = _known_task_name(ctx, name)
+                window = since or DEFAULT_RETRY_SINCE
+                tasks = ctx.store.recent_failures(task_name, window, now)
+                if exception:
+                    tasks = [t for t in tasks if t.exception_type == exception]
+                which = f" with {exception}" if exception else ""
+                if not tasks:
+                    raise UsageError(
+                        f"no {task_name} task failed{which} in the last {_span(window)}:"
+                        " nothing to retry"
+                    )
+                if len(tasks) > MAX_RETRY:
+                    raise UsageError(
+                        f"{len(tasks)} {task_name} tasks failed{which} in the last"
+                        f" {_span(window)}; at most {MAX_RETRY} at once: narrow with --since"
+                        " or --exception"
+                    )
+                selector = f"name {task_name}{which}, failed in the last {_span(window)}"
+            queues = {w.hostname: w.queues for w in ctx.store.workers() if w.queues}
+            plans, refused = plan_retries(tasks, worker_queues=queues)
+            if not plans:
+                raise UsageError("nothing to retry: " + _refusal_lines(refused))
+            return ControlAction.retry(
+                plans, store=ctx.store, now=now, refused=refused, selector=selector
+            )
+
+        return self._run(ctx, "retry", ids or [name or ""], build)
+
     def pool(self, args: ParsedArgs, ctx: CommandContext) -> Message:
         op: str = args["op"]
         n: int = args["n"] or 1
@@ -308,6 +366,19 @@ class ControlCommands:
         return self._run(ctx, "shutdown", [args["worker"]], build)
 
 
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def _refusal_lines(refused: list[RetryRefusal], limit: int = 5) -> str:
+    lines = [f"{r.task_id[:8]} ({r.name or 'unknown task'}): {r.reason}" for r in refused[:limit]]
+    more = f"; and {len(refused) - limit} more" if len(refused) > limit else ""
+    return "; ".join(lines) + more
+
+
 def _worker_arg(required: bool = True) -> Positional:
     return Positional(
         "worker",
@@ -357,6 +428,44 @@ def register_control_commands(registry: Registry, approvals: ApprovalService) ->
                 "revoke 3f2a9c1e",
                 "revoke 3f2a9c1e --terminate --signal KILL",
                 "revoke --name send_email --state RECEIVED",
+            ),
+            **common,
+        ),
+        CommandSpec(
+            name="retry",
+            summary="re-send failed tasks with their original arguments to their original queue"
+            " (needs approval by default)",
+            usage="retry UUID... | retry --name NAME [--since D] [--exception TYPE]",
+            handler=handlers.retry,
+            args=ArgSpec(
+                positionals=(
+                    Positional(
+                        "ids",
+                        "failed task ids, or unique prefixes of 8+ characters",
+                        "UUID",
+                        variadic=True,
+                        convert=parse_task_id,
+                    ),
+                ),
+                flags=(
+                    Flag("name", "the failures of this task name", parse_name, "NAME"),
+                    Flag(
+                        "since",
+                        "with --name: how far back (30s, 15m, 2h, 1d); default 1h",
+                        parse_duration,
+                        "D",
+                    ),
+                    Flag(
+                        "exception",
+                        "with --name: only failures with this exception type",
+                        parse_name,
+                        "TYPE",
+                    ),
+                ),
+            ),
+            examples=(
+                "retry 3f2a9c1e",
+                "retry --name charge_card --since 30m --exception CardDeclined",
             ),
             **common,
         ),
