@@ -25,6 +25,7 @@ from chatbot.alerts.rules import (
 )
 from chatbot.broker import QueueLength
 from chatbot.config import Settings
+from chatbot.failures import group_failures
 from chatbot.model import FAILURE, STARTED, SUCCESS, RuntimeStats, StreamHealth, Task, Worker
 from chatbot.store.memory import MemoryStore
 
@@ -168,6 +169,26 @@ def test_failure_spike_names_top_exceptions_with_an_example_and_the_workers() ->
     assert f.workers == ("w1", "w2")  # type: ignore[union-attr]
 
 
+def test_failure_spike_groups_by_the_same_fingerprint_as_failed() -> None:
+    # Eleven declines differing only in numbers are one group; another message shape of the
+    # same exception type is another group (not folded into "CardDeclined").
+    declined = "CardDeclined('card {} declined for {} cents')"
+    recent = [
+        failed(f"d{i}", "shop.charge", declined.format(1000 + i, i * 7), f"w{i % 2}", age=i + 1)
+        for i in range(11)
+    ] + [failed("x1", "shop.charge", "CardDeclined('gateway said no')", age=20)]
+    (condition,) = failure_conditions(
+        {"shop.charge": 12}, {"shop.charge": recent}, threshold=5, window=300.0
+    )
+    f = condition.figures
+    groups = group_failures(recent)
+    assert [(e.type, e.count, e.key) for e in f.exceptions] == [  # type: ignore[union-attr]
+        ("CardDeclined", 11, groups[0].key),
+        ("CardDeclined", 1, groups[1].key),
+    ]
+    assert f.exceptions[0].example_id == "d0"  # type: ignore[union-attr]  # the newest
+
+
 # -- stuck tasks ---------------------------------------------------------------------------------
 def test_stuck_past_the_threshold_or_far_past_its_own_p99() -> None:
     stats = {"app.fast": RuntimeStats("app.fast", 50, 1.0, 5.0, 10.0, 12.0)}
@@ -292,6 +313,12 @@ def test_stuck_task_that_finished_resolves_with_its_state() -> None:
          {"count": 15, "exceptions": [{"type": "A"}]}, "more"),
         ("failures", {"count": 10, "exceptions": [{"type": "A"}]},
          {"count": 10, "exceptions": [{"type": "A"}, {"type": "B"}]}, "new_exception"),
+        # A new group of a type already reported is news too; the same groups are not.
+        ("failures", {"count": 10, "exceptions": [{"type": "A", "key": "k1"}]},
+         {"count": 10, "exceptions": [{"type": "A", "key": "k1"}, {"type": "A", "key": "k2"}]},
+         "new_exception"),
+        ("failures", {"count": 10, "exceptions": [{"type": "A", "key": "k1"}]},
+         {"count": 11, "exceptions": [{"type": "A", "key": "k1"}]}, None),
         ("stuck", {"runtime": 600}, {"runtime": 1100}, None),
         ("stuck", {"runtime": 600}, {"runtime": 1200}, "longer"),
         ("worker", {"last_heartbeat": 1}, {"last_heartbeat": 1}, None),

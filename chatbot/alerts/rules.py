@@ -16,13 +16,13 @@ restart, a store fed by a silent event stream) is *held*: neither updated nor re
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from chatbot.broker import QueueLength
 from chatbot.config import Settings
+from chatbot.failures import group_failures
 from chatbot.model import (
     HEARTBEAT_EXPIRE_FACTOR,
     STARTED,
@@ -96,10 +96,13 @@ class BacklogFigures:
 
 @dataclass(frozen=True)
 class ExceptionSample:
+    """One failure group (:mod:`chatbot.failures`: same exception type and message shape)."""
+
     type: str
     count: int
     example_id: str
     example: str | None  # the exception text of the example, as retained (already clipped)
+    key: str = ""  # the group's key, as `/celery failed --group KEY` takes it
 
 
 @dataclass(frozen=True)
@@ -301,17 +304,14 @@ def failure_conditions(
         failures = sorted(
             recent.get(name, ()), key=lambda t: t.finished or t.state_ts, reverse=True
         )
-        by_type: Counter[str] = Counter()
-        example: dict[str, Task] = {}
-        for task in failures:  # newest first: the example is the latest of its type
-            kind = task.exception_type or "unknown"
-            by_type[kind] += 1
-            example.setdefault(kind, task)
-        ranked = sorted(by_type.items(), key=lambda kv: (-kv[1], kv[0]))
+        # Grouped by fingerprint, as `/celery failed` groups them: one line per failure
+        # (exception type and message shape), not per exception type.
+        groups = group_failures(failures)
         samples = tuple(
-            ExceptionSample(kind, n, example[kind].uuid, example[kind].exception)
-            for kind, n in ranked[:TOP_EXCEPTIONS]
+            ExceptionSample(g.exception_type, g.count, g.example.uuid, g.example.exception, g.key)
+            for g in groups[:TOP_EXCEPTIONS]
         )
+        ranked = groups
         workers = sorted({t.worker for t in failures if t.worker})
         times = [t.finished for t in failures if t.finished is not None]
         figures = FailureFigures(
@@ -493,8 +493,10 @@ def significant_change(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]
         return None
     if kind == FAILURES:
         count_then, count_now = int(old.get("count") or 0), int(new.get("count") or 0)
-        old_types = {e["type"] for e in old.get("exceptions") or ()}
-        if any(e["type"] not in old_types for e in new.get("exceptions") or ()):
+        # A failure group not reported before (figures stored before groups had keys name
+        # their exception type only).
+        old_groups = {e.get("key") or e["type"] for e in old.get("exceptions") or ()}
+        if any((e.get("key") or e["type"]) not in old_groups for e in new.get("exceptions") or ()):
             return "new_exception"
         if count_now > count_then and count_now >= count_then * (1 + FAILURE_CHANGE_FRACTION):
             return "more"
