@@ -20,6 +20,7 @@ from chatbot.service import Service
 from chatbot.slack import SlackMetrics, build_app, make_executor, make_server
 from chatbot.slack.approval_actions import DEFAULT_EXPIRY_SWEEP, AlertButtons, ApprovalActions
 from chatbot.slack.client import web_client_from_settings
+from chatbot.slack.task_actions import TaskButtons
 from chatbot.slackerrors import error_code
 
 logger = logging.getLogger("chatbot")
@@ -100,6 +101,9 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     executor = make_executor()
     approval_actions = ApprovalActions(service.approvals, client)
     alert_buttons = AlertButtons(approval_actions, service.run_as)
+    task_buttons = TaskButtons(
+        approval_actions, service.run_as, service.store.get_task, service.renderer
+    )
     metrics = SlackMetrics()
     try:
         app = build_app(
@@ -107,7 +111,11 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
             client=client,
             signing_secret=None if settings.socket_mode else settings.slack_signing_secret,
             executor=executor,
-            actions=[*approval_actions.actions(), *alert_buttons.actions()],
+            actions=[
+                *approval_actions.actions(),
+                *alert_buttons.actions(),
+                *task_buttons.actions(),
+            ],
             metrics=metrics,
         )
     except (SlackApiError, BoltError) as exc:

@@ -39,6 +39,8 @@ from chatbot.render.text import (
     truncate_middle,
     utc_time,
 )
+from chatbot.task_actions import task_buttons, task_menu
+from chatbot.tracebacks import readable_traceback
 
 # Installed, the templates are chatbot/templates (pyproject's force-include); in a checkout,
 # templates/ at the repository root.
@@ -54,6 +56,10 @@ class RenderError(RuntimeError):
 def _ago_filter(context: jinja2.runtime.Context, timestamp: float | None) -> str:
     # Commands pass `now` from their clock, so "3s ago" is exact and testable.
     return ago(timestamp, float(context["now"]))
+
+
+def _readable_traceback(text: str | None) -> str:
+    return readable_traceback(text).text if text else ""
 
 
 def _strip_trailing_commas(source: str) -> str:
@@ -125,6 +131,9 @@ class Renderer:
             ts=utc_time,
             shortid=shortid,
             plural=plural,
+            readable_traceback=_readable_traceback,
+            task_menu=task_menu,
+            task_buttons=task_buttons,
         )
 
     def render_document(self, template: str, context: Mapping[str, Any]) -> dict[str, Any]:

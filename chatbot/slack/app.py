@@ -509,7 +509,8 @@ def _click(body: Mapping[str, Any], action: Mapping[str, Any]) -> ActionClick:
     message = body.get("message") or {}
     return ActionClick(
         action_id=str(action.get("action_id") or ""),
-        value=str(action.get("value") or ""),
+        # A button carries ``value``; an overflow menu the chosen option's.
+        value=str(action.get("value") or (action.get("selected_option") or {}).get("value") or ""),
         user_id=str(user.get("id") or ""),
         channel_id=str(channel.get("id") or container.get("channel_id") or ""),
         message_ts=str(container.get("message_ts") or message.get("ts") or ""),
