@@ -312,6 +312,59 @@ def block_action(
     return urlencode({"payload": json.dumps(payload)}).encode()
 
 
+def overflow_action_payload(
+    action_id: str,
+    value: str,
+    *,
+    user_id: str,
+    channel_id: str,
+    message_ts: str,
+    response_url: str,
+    message_blocks: list[dict[str, Any]],
+    option_text: str = "Option",
+) -> dict[str, Any]:
+    """A ``block_actions`` payload for a choice in an overflow menu of ``message_blocks``.
+
+    Slack sends the chosen option as ``selected_option`` (an overflow has no ``value``); the
+    block is the one whose menu offers ``value``, as on Slack.
+    """
+    block_id = next(
+        (
+            str(block.get("block_id"))
+            for block in message_blocks
+            if any(
+                option.get("value") == value
+                for option in (block.get("accessory") or {}).get("options") or ()
+            )
+        ),
+        None,
+    )
+    payload = block_action_payload(
+        action_id,
+        value,
+        user_id=user_id,
+        channel_id=channel_id,
+        message_ts=message_ts,
+        response_url=response_url,
+        block_id=block_id,
+        message_blocks=message_blocks,
+    )
+    clicked = payload["actions"][0]
+    payload["actions"] = [
+        {
+            "type": "overflow",
+            "action_id": action_id,
+            "block_id": clicked["block_id"],
+            "selected_option": {
+                "text": {"type": "plain_text", "text": option_text, "emoji": True},
+                "value": value,
+            },
+            "action_ts": clicked["action_ts"],
+        }
+    ]
+    return payload
+
+
 # --------------------------------------------------------------------------- Events API
 
 
