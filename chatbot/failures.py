@@ -29,7 +29,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -280,13 +280,27 @@ class FingerprintMemory:
     scheduler both group), so the memory follows the fleet as long as either runs.
     """
 
-    def __init__(self, records: RecordStore, now: float, ttl: float = DEFAULT_MEMORY_TTL) -> None:
+    def __init__(
+        self,
+        records: RecordStore,
+        now: float | Callable[[], float],
+        ttl: float = DEFAULT_MEMORY_TTL,
+    ) -> None:
         self._records = records
         self.ttl = ttl
-        # Created once: every replica and restart of a shared store agrees on when it began.
-        records.create(FINGERPRINT_KIND, _SINCE_KEY, {"since": now}, ttl=None)
-        stored = records.get(FINGERPRINT_KIND, _SINCE_KEY)
-        self.since = float(stored["since"]) if stored else now
+        self._now = now
+        self._since: float | None = None
+
+    @property
+    def since(self) -> float:
+        """When remembering began (read once; the first reader of a shared store sets it)."""
+        if self._since is None:
+            now = self._now() if callable(self._now) else self._now
+            # Created once: every replica and restart of a shared store agrees on the start.
+            self._records.create(FINGERPRINT_KIND, _SINCE_KEY, {"since": now}, ttl=None)
+            stored = self._records.get(FINGERPRINT_KIND, _SINCE_KEY)
+            self._since = float(stored["since"]) if stored else now
+        return self._since
 
     def first_seen(self, keys: Iterable[str]) -> dict[str, float]:
         known: dict[str, float] = {}

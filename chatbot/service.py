@@ -29,6 +29,7 @@ from chatbot.config import Settings, redact_url
 from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
 from chatbot.discovery import FIRST_LOOK_AFTER, WorkerDiscovery
+from chatbot.failures import FingerprintMemory
 from chatbot.metrics import FleetReading, fleet_registry, read_fleet
 from chatbot.model import StreamHealth
 from chatbot.periodic import WRITER, PeriodicJobs
@@ -88,6 +89,8 @@ class Service:
                 clock=clock,
             )
             self.records = records or MemoryRecordStore(clock=clock)
+        # Remembers failure fingerprints (first seen) so `failed` can mark new groups.
+        self.failure_memory = FingerprintMemory(self.records, clock)
         self.app = make_celery_app(settings)
         self.control = FleetControl(self.app, timeout=settings.control_timeout)
         self.broker = BrokerReader(
@@ -255,6 +258,7 @@ class Service:
             confirm=confirm,
             health=self.stream_health,
             problems=self.problems,
+            failure_memory=self.failure_memory,
         )
 
     def problems(self) -> list[str]:

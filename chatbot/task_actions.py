@@ -23,10 +23,13 @@ from typing import Any
 from chatbot.model import FAILURE, FINISHED_STATES, QUEUED_STATES, STARTED, Task
 
 __all__ = [
+    "GROUP_ACTION_ID",
     "TASK_ACTION_IDS",
     "TASK_MENU_ACTION_ID",
     "TaskClick",
     "command_for",
+    "group_button",
+    "group_command",
     "parse_value",
     "stale_reason",
     "task_buttons",
@@ -41,7 +44,9 @@ BUTTON_ACTION_IDS = {
     "retry": "chatops_task_retry",
     "traceback": "chatops_task_traceback",
 }
-TASK_ACTION_IDS = (TASK_MENU_ACTION_ID, *BUTTON_ACTION_IDS.values())
+# A failure group's "List" button (`failed`): lists the group's members.
+GROUP_ACTION_ID = "chatops_failure_group"
+TASK_ACTION_IDS = (TASK_MENU_ACTION_ID, *BUTTON_ACTION_IDS.values(), GROUP_ACTION_ID)
 
 DETAILS, REVOKE, TERMINATE, RETRY, TRACEBACK = (
     "details",
@@ -144,6 +149,25 @@ def parse_value(value: str) -> TaskClick | None:
     if not sep or verb not in _LABELS or not _safe_id(task_id):
         return None
     return TaskClick(verb, task_id)
+
+
+def group_button(key: str, since: float, count: int) -> dict[str, Any]:
+    """The button listing one failure group's members (``failed --group KEY --since D``)."""
+    return {
+        "type": "button",
+        "action_id": GROUP_ACTION_ID,
+        "text": {"type": "plain_text", "text": f"List {count}"},
+        "value": f"group:{key}:{max(1, round(since))}",
+    }
+
+
+def group_command(value: str) -> str | None:
+    """``failed --group KEY --since Ns`` for a group button's value; None for anything else."""
+    kind, _, rest = value.strip().partition(":")
+    key, _, seconds = rest.partition(":")
+    if kind != "group" or not key.isalnum() or len(key) > 16 or not seconds.isdigit():
+        return None
+    return f"failed --group {key} --since {int(seconds)}s"
 
 
 def command_for(click: TaskClick) -> str | None:

@@ -548,7 +548,7 @@ def test_help_for_one_command_lists_flags_and_examples(
     dispatcher: Dispatcher, ctx: CommandContext
 ) -> None:
     text = shown(run(dispatcher, ctx, "help failed"))
-    assert "/celery failed [NAME] [--since 15m] [--limit N]" in text
+    assert "/celery failed [NAME] [--since 15m] [--group KEY] [--limit N]" in text
     assert "--since D" in text and "--limit N" in text and "--share" in text
     assert "/celery failed send_email --since 1h" in text
     assert "answer follows" in shown(run(dispatcher, ctx, "help workers"))
@@ -607,8 +607,9 @@ def test_status_shows_the_bots_own_problems_escaped(
     text = shown(message)
     assert "Alerts cannot be posted: not_in_channel in C0ALERTS (invite the bot)" in text
     assert "<!here>" not in str(message.blocks)
-    assert "Alerts cannot be posted" not in shown(run(dispatcher, make_ctx(store, renderer),
-                                                      "status"))
+    assert "Alerts cannot be posted" not in shown(
+        run(dispatcher, make_ctx(store, renderer), "status")
+    )
 
 
 def test_failed_newest_first_grouped(dispatcher: Dispatcher, ctx: CommandContext) -> None:
@@ -620,8 +621,14 @@ def test_failed_newest_first_grouped(dispatcher: Dispatcher, ctx: CommandContext
     assert "on `celery@web-1`" in items[0] and "retries 1" in items[0]
     assert "`ValueError('card declined')`" in items[0]
     text = shown(message)
-    assert f"By exception  {X}5 ValueError  {X}3 KeyError" in text
-    assert f"By task  {X}8 proj.billing.charge" in text
+    # Groups first: same task, same exception, same message shape.
+    groups = [
+        b["text"]["text"] for b in message.blocks if b.get("block_id", "").startswith("group-")
+    ]
+    assert len(groups) == 2
+    assert groups[0].startswith(f"{X}5  *ValueError*  `proj.billing.charge`  group `")
+    assert groups[1].startswith(f"{X}3  *KeyError*  `proj.billing.charge`  group `")
+    assert "2 groups, then the newest" in text
     assert "send_email" not in text  # two hours old: outside the default 15m
     assert message.text == "8 failures in the last 15m"
 
@@ -632,7 +639,7 @@ def test_failed_by_name_since_and_limit(dispatcher: Dispatcher, ctx: CommandCont
     assert "SMTPError('421')" in text
     limited = run(dispatcher, ctx, "failed charge --limit 2")
     assert sum(1 for b in limited.blocks if b.get("block_id", "").startswith("item-")) == 2
-    assert "6 more not shown — narrow with NAME, --since or --limit" in shown(limited)
+    assert "6 more not shown — narrow with NAME, --group, --since or --limit" in shown(limited)
     recent = shown(run(dispatcher, ctx, "failed --since 3m"))
     assert "2 failures in the last 3m" in recent and "cha00005" not in recent
 
@@ -797,7 +804,11 @@ def test_500_failures_fit_one_message(renderer: Renderer, dispatcher: Dispatcher
     items = [b for b in message.blocks if b.get("block_id", "").startswith("item-")]
     assert 0 < len(items) < 500
     assert f"{500 - len(items)} more not shown" in shown(message)
-    assert f"By exception  {X}500 ValueError" in shown(message)
+    # Seven task names, one message shape each: seven groups, whatever the row numbers.
+    groups = [b for b in message.blocks if b.get("block_id", "").startswith("group-")]
+    assert len(groups) == 7
+    counts = [int(g["text"]["text"].split()[0].lstrip(X)) for g in groups]
+    assert sum(counts) == 500
 
 
 # -- slow commands: recorded doubles for what the real classes cannot be made to do --------------

@@ -62,7 +62,7 @@ def test_output_is_plain_text(run_command: Callable[[str], Message]) -> None:
 def test_help_and_errors_are_readable(run_command: Callable[[str], Message]) -> None:
     out = session(run_command, "help\nstauts\ntask abc\n", banner=None)
     assert out.startswith(PROMPT + "/celery commands\n")
-    assert "/celery failed [NAME] [--since 15m] [--limit N]" in out
+    assert "/celery failed [NAME] [--since 15m] [--group KEY] [--limit N]" in out
     assert "(!) Unknown command 'stauts'. Did you mean status?" in out
     assert "(!) no task with id 'abc'; give the full id or at least 8 characters" in out
     assert "Usage: /celery task UUID" in out

@@ -20,6 +20,7 @@ from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.blocks import Block, BlockElement
 from slack_sdk.models.views import View
 
+from chatbot.failures import group_failures
 from chatbot.model import FAILURE, STARTED, StreamHealth, Task
 from chatbot.render import (
     BUTTON_TEXT_MAX,
@@ -262,9 +263,11 @@ def test_500_failures_are_paged_not_dropped(renderer: Renderer) -> None:
         more=0,
         since=900.0,
         lookup=None,
-        by_type=[("ValueError", 500)],
-        by_name=[("proj.tasks.charge", 500)],
-        narrow_hint="narrow with NAME, --since or --limit",
+        group=None,
+        groups=group_failures(tasks)[:8],
+        more_groups=0,
+        grouped_of=None,
+        narrow_hint="narrow with NAME, --group, --since or --limit",
         **stream(),
     )
     assert_valid(message)

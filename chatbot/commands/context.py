@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from chatbot.broker import QueueLengthReader
 from chatbot.config import Settings
 from chatbot.control_port import ControlPort
+from chatbot.failures import FingerprintMemory
 from chatbot.model import StreamHealth
 from chatbot.render import Renderer
 from chatbot.store import FleetStore
@@ -42,6 +43,9 @@ class CommandContext:
     # Operational problems of the bot itself that `status` must show, one line each (e.g.
     # "alerts cannot be posted in C123: not_in_channel"); plain text, escaped when shown.
     problems: Callable[[], list[str]] | None = None
+    # First-seen times of failure fingerprints (chatbot/failures.py), so `failed` can mark a
+    # group first seen inside its window as new; None: "new" is not shown.
+    failure_memory: FingerprintMemory | None = None
 
     def stream_health(self) -> StreamHealth:
         return self.health() if self.health is not None else self.store.health()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from chatbot.commands.parser import (
 from chatbot.commands.registry import CommandSpec, Registry
 from chatbot.commands.resolve import resolve_task_id, resolve_task_name, resolve_worker
 from chatbot.control import WorkerReply, consumed_queues, pool_facts
+from chatbot.failures import FailureGroup, find_group, group_failures
 from chatbot.model import (
     FAILURE,
     P99_FACTOR,
@@ -40,7 +40,7 @@ from chatbot.model import (
     Task,
     Worker,
 )
-from chatbot.render import Message
+from chatbot.render import Message, duration
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,10 @@ DEFAULT_LIMIT = 15
 DEFAULT_FAILED_SINCE = 15 * 60.0
 DEFAULT_QUEUE = "celery"  # Celery's task_default_queue when nothing else is known
 # Group failures by exception type and name once a list is long enough to hide the pattern.
-GROUP_FAILURES_FROM = 6
+# `failed`: failure groups shown before the newest examples, and how many failures at most
+# are fingerprinted for them (the newest; the answer says so when there were more).
+MAX_GROUPS_SHOWN = 8
+MAX_GROUPED_FAILURES = 5000
 TOP_FAILURE_NAMES = 5
 OFFLINE_WORKERS_SHOWN = 5
 
@@ -225,24 +228,53 @@ def failed(args: ParsedArgs, ctx: CommandContext) -> Message:
     since: float = args["since"] or DEFAULT_FAILED_SINCE
     limit: int = args["limit"] or DEFAULT_LIMIT
     lookup = resolve_task_name(ctx, args["name"]) if args["name"] else None
-    summary = ctx.store.failure_summary(lookup.name if lookup else None, since, now, limit)
-    shown = summary.newest
-    grouped = summary.total >= GROUP_FAILURES_FROM
-    by_type = Counter(summary.by_type) if grouped else Counter()
-    by_name = Counter(summary.by_name) if grouped and not lookup else Counter()
+    wanted: str | None = args["group"]
+    window = ctx.store.recent_failures(lookup.name if lookup else None, since, now)
+    grouped = window[:MAX_GROUPED_FAILURES]
+    groups = _failure_groups(ctx, grouped, now - since, now)
+    group = None
+    if wanted:
+        group = find_group(groups, wanted)
+        if group is None:
+            raise UsageError(
+                f"no failure group {wanted!r} in the last {duration(since)}"
+                " (the key is on each group's line of `failed`; try a longer --since)",
+                command="failed",
+            )
+        members = set(group.members)
+        window = [t for t in window if t.uuid in members]
+    shown = window[:limit]
     return _render(
         ctx,
         "failed.json.j2",
         now,
         failures=shown,
-        total=summary.total,
-        more=summary.total - len(shown),
+        total=len(window),
+        more=len(window) - len(shown),
         since=since,
         lookup=lookup,
-        by_type=by_type.most_common(8),
-        by_name=by_name.most_common(8),
-        narrow_hint="narrow with NAME, --since or --limit",
+        group=group,
+        # Groups first once there is more than one failure to group; one group's own
+        # listing needs no summary of itself.
+        groups=groups[:MAX_GROUPS_SHOWN] if len(window) > 1 and group is None else [],
+        more_groups=max(0, len(groups) - MAX_GROUPS_SHOWN),
+        grouped_of=len(grouped) if len(grouped) < len(window) else None,
+        narrow_hint="narrow with NAME, --group, --since or --limit",
     )
+
+
+def _failure_groups(
+    ctx: CommandContext, failures: Sequence[Task], window_start: float, now: float
+) -> list[FailureGroup]:
+    memory = ctx.failure_memory
+    if memory is None:
+        return group_failures(failures)
+    try:
+        return memory.group(failures, window_start, now)
+    except Exception:
+        # The memory only adds "new": a state store that fails must not cost the answer.
+        logger.warning("failure fingerprint memory unavailable", exc_info=True)
+        return group_failures(failures)
 
 
 def active(args: ParsedArgs, ctx: CommandContext) -> Message:
@@ -474,8 +506,9 @@ def register_readonly(registry: Registry) -> Registry:
         ),
         CommandSpec(
             name="failed",
-            summary="recent failures: id, name, worker, exception, when, retries",
-            usage="failed [NAME] [--since 15m] [--limit N]",
+            summary="recent failures, grouped by task, exception and message shape, then the"
+            " newest",
+            usage="failed [NAME] [--since 15m] [--group KEY] [--limit N]",
             handler=failed,
             args=ArgSpec(
                 positionals=(
@@ -485,10 +518,16 @@ def register_readonly(registry: Registry) -> Registry:
                     Flag(
                         "since", "how far back (30s, 15m, 2h, 1d); default 15m", parse_duration, "D"
                     ),
+                    Flag(
+                        "group",
+                        "only this failure group (its key from `failed`)",
+                        parse_name,
+                        "KEY",
+                    ),
                     _LIMIT,
                 ),
             ),
-            examples=("failed", "failed send_email --since 1h"),
+            examples=("failed", "failed send_email --since 1h", "failed --group 3f2a9c1e"),
             aliases=("failures",),
         ),
         CommandSpec(

@@ -19,9 +19,11 @@ from chatbot.render import Message, Renderer
 from chatbot.slack.app import ActionClick, ActionHandler, ActionReply
 from chatbot.slack.approval_actions import ApprovalActions
 from chatbot.task_actions import (
+    GROUP_ACTION_ID,
     TASK_ACTION_IDS,
     TRACEBACK,
     command_for,
+    group_command,
     parse_value,
     stale_reason,
 )
@@ -73,6 +75,11 @@ class TaskButtons:
         return [(action_id, self.on_click) for action_id in TASK_ACTION_IDS]
 
     def on_click(self, click: ActionClick) -> ActionReply:
+        if click.action_id == GROUP_ACTION_ID:
+            listing = group_command(click.value)
+            if listing is None:
+                return ActionReply(Message(text="This button carries no failure group."))
+            return ActionReply(self.run_command(listing, click.user_id, click.channel_id))
         chosen = parse_value(click.value)
         if chosen is None:
             return ActionReply(Message(text="This button carries no task id to act on."))
