@@ -57,6 +57,10 @@ def _element_text(element: Mapping[str, Any]) -> str:
     if element.get("type") == "button":
         label = element.get("text") or {}
         return f"[{_plain(str(label.get('text', '')))}]"
+    if element.get("type") == "overflow":  # a row's menu: its choices, in one bracket
+        options = element.get("options") or []
+        labels = [_plain(str((o.get("text") or {}).get("text", ""))) for o in options]
+        return f"[{' · '.join(label for label in labels if label)}]" if labels else ""
     return ""
 
 

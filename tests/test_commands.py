@@ -687,11 +687,15 @@ def test_stuck_threshold_and_own_history(dispatcher: Dispatcher, ctx: CommandCon
 def test_task_detail(dispatcher: Dispatcher, ctx: CommandContext) -> None:
     message = run(dispatcher, ctx, "task cha00007")  # a unique prefix of 8 characters
     text = shown(message)
-    assert "Task FAILURE" in text and "cha00007-0000-4000-8000-000000000000" in text
+    # Opens with the task's name; the state is the line below.
+    assert text.startswith("proj.billing.charge\n===")
+    assert "✗ FAILURE  proj.billing.charge" in text
+    assert "cha00007-0000-4000-8000-000000000000" in text
     assert "Worker: celery@web-1 ● online" in text
     assert "Queue: unknown (needs task-sent events)" in text
     assert "Retries: 1" in text
-    assert "• received  2023-11-14 22:11:00 UTC  (2m 20s ago)" in text and "• failed  " in text
+    # One second, four steps: one line.
+    assert "• received, started, failed  2023-11-14 22:11:00 UTC  (2m 20s ago)" in text
     assert "raise ValueError('card declined')" in text  # the traceback tail
     assert "Exception" in text and "Runtime: 500ms" in text
 

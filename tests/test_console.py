@@ -52,7 +52,7 @@ def test_a_session_answers_commands_with_or_without_the_slash_prefix(
 
 def test_output_is_plain_text(run_command: Callable[[str], Message]) -> None:
     out = session(run_command, "task cha00007\n")
-    assert "Task FAILURE\n============" in out
+    assert "proj.billing.charge\n===================\n\n✗ FAILURE" in out
     assert "  Worker: celery@web-1 ● online" in out
     assert "    raise ValueError('card declined')" in out  # traceback as an indented block
     for markup in ("*", "`", "&lt;", "&gt;", ":x:", '"blocks"'):
