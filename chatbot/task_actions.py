@@ -26,6 +26,7 @@ __all__ = [
     "GROUP_ACTION_ID",
     "TASK_ACTION_IDS",
     "TASK_MENU_ACTION_ID",
+    "WORKER_MENU_ACTION_ID",
     "TaskClick",
     "command_for",
     "group_button",
@@ -34,6 +35,8 @@ __all__ = [
     "stale_reason",
     "task_buttons",
     "task_menu",
+    "worker_command",
+    "worker_menu",
 ]
 
 TASK_MENU_ACTION_ID = "chatops_task_menu"
@@ -46,7 +49,19 @@ BUTTON_ACTION_IDS = {
 }
 # A failure group's "List" button (`failed`): lists the group's members.
 GROUP_ACTION_ID = "chatops_failure_group"
-TASK_ACTION_IDS = (TASK_MENU_ACTION_ID, *BUTTON_ACTION_IDS.values(), GROUP_ACTION_ID)
+# A worker row's menu (`workers`): its control actions.
+WORKER_MENU_ACTION_ID = "chatops_worker_menu"
+TASK_ACTION_IDS = (
+    TASK_MENU_ACTION_ID,
+    *BUTTON_ACTION_IDS.values(),
+    GROUP_ACTION_ID,
+    WORKER_MENU_ACTION_ID,
+)
+_WORKER_COMMANDS = {
+    "grow": ("Grow pool by 1", "pool grow {worker} 1"),
+    "shrink": ("Shrink pool by 1", "pool shrink {worker} 1"),
+    "shutdown": ("Shutdown", "shutdown {worker}"),
+}
 
 DETAILS, REVOKE, TERMINATE, RETRY, TRACEBACK = (
     "details",
@@ -149,6 +164,28 @@ def parse_value(value: str) -> TaskClick | None:
     if not sep or verb not in _LABELS or not _safe_id(task_id):
         return None
     return TaskClick(verb, task_id)
+
+
+def worker_menu(hostname: Any, online: bool = True) -> dict[str, Any] | None:
+    """The overflow menu of a worker row: pool grow/shrink and shutdown while it is online."""
+    if not online or not isinstance(hostname, str) or not _safe_id(hostname):
+        return None
+    return {
+        "type": "overflow",
+        "action_id": WORKER_MENU_ACTION_ID,
+        "options": [
+            {"text": {"type": "plain_text", "text": label}, "value": f"{verb}:{hostname}"}
+            for verb, (label, _) in _WORKER_COMMANDS.items()
+        ],
+    }
+
+
+def worker_command(value: str) -> str | None:
+    """``pool grow W 1``, ``pool shrink W 1`` or ``shutdown W`` for a worker menu's value."""
+    verb, sep, hostname = value.strip().partition(":")
+    if not sep or verb not in _WORKER_COMMANDS or not _safe_id(hostname):
+        return None
+    return _WORKER_COMMANDS[verb][1].format(worker=hostname)
 
 
 def group_button(key: str, since: float, count: int) -> dict[str, Any]:

@@ -27,12 +27,15 @@ from chatbot.slack.task_actions import TaskButtons, traceback_chunks
 from chatbot.task_actions import (
     BUTTON_ACTION_IDS,
     TASK_MENU_ACTION_ID,
+    WORKER_MENU_ACTION_ID,
     TaskClick,
     command_for,
     parse_value,
     stale_reason,
     task_buttons,
     task_menu,
+    worker_command,
+    worker_menu,
 )
 from tests.fleet_app import FAIL, HANG
 from tests.support import wait_until
@@ -75,15 +78,16 @@ class Stack:
     def choose(self, message: Message, value: str, user: str) -> Call:
         """Choose ``value`` in the overflow menu of ``message`` (signed, over HTTP); returns
         what the bot answered the clicker on the click's response_url."""
-        options = [
-            option
+        offered = [
+            (block["accessory"]["action_id"], option)
             for block in message.blocks
             for option in (block.get("accessory") or {}).get("options") or ()
+            if option["value"] == value
         ]
-        (option,) = [o for o in options if o["value"] == value]  # the row really offers it
+        ((action_id, option),) = offered  # the row really offers it
         name = self._response_name()
         payload = overflow_action_payload(
-            TASK_MENU_ACTION_ID,
+            action_id,
             value,
             user_id=user,
             channel_id=CHANNEL,
@@ -376,3 +380,39 @@ def test_traceback_chunks_keep_every_character_within_the_size() -> None:
     chunks = traceback_chunks(text, size=2000)
     assert all(len(chunk) <= 2000 for chunk in chunks)
     assert "".join(chunks).replace("\n", "") == text.replace("\n", "")
+
+
+def test_a_worker_row_offers_its_control_actions_and_runs_them_as_the_clicker(
+    stack: Stack,
+) -> None:
+    workers = stack.run("workers")
+    hostname = stack.fleet.hostname
+    answer = stack.choose(workers, f"grow:{hostname}", ALICE).params
+    # Not in CHATOPS_APPROVAL_REQUIRED: it ran at once, and the worker's answer is shown.
+    assert answer["response_type"] == "ephemeral"
+    assert hostname in shown(answer) and "pool grow" in shown(answer).lower()
+    shrink = stack.choose(workers, f"shrink:{hostname}", ALICE).params
+    assert hostname in shown(shrink)
+    # Shutdown needs an approval: a card in the channel, left undecided here.
+    posted = len(stack.api.calls("chat.postMessage"))
+    note = stack.choose(workers, f"shutdown:{hostname}", ALICE).params
+    assert "for approval" in note["text"]
+    card = stack.posted_card(posted + 1)
+    assert "shutdown" in shown(card).lower() and hostname in shown(card)
+    # Someone who is not an operator is refused, whatever the button.
+    refused = stack.choose(workers, f"grow:{hostname}", "UNOBODY01").params
+    assert "operator" in shown(refused)
+
+
+def test_worker_menus_and_their_commands() -> None:
+    menu = worker_menu("celery@web-1")
+    assert menu is not None and menu["action_id"] == WORKER_MENU_ACTION_ID
+    values = [o["value"] for o in menu["options"]]
+    assert values == ["grow:celery@web-1", "shrink:celery@web-1", "shutdown:celery@web-1"]
+    assert [worker_command(v) for v in values] == [
+        "pool grow celery@web-1 1",
+        "pool shrink celery@web-1 1",
+        "shutdown celery@web-1",
+    ]
+    assert worker_menu("celery@web-1", online=False) is None
+    assert worker_command("grow:-x --all") is None and worker_command("reboot:w1") is None

@@ -12,6 +12,7 @@ whole text the store kept.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from chatbot.model import Task
 from chatbot.redaction import ELLIPSIS
@@ -22,10 +23,12 @@ from chatbot.task_actions import (
     GROUP_ACTION_ID,
     TASK_ACTION_IDS,
     TRACEBACK,
+    WORKER_MENU_ACTION_ID,
     command_for,
     group_command,
     parse_value,
     stale_reason,
+    worker_command,
 )
 
 __all__ = ["TaskButtons", "traceback_chunks"]
@@ -80,6 +83,11 @@ class TaskButtons:
             if listing is None:
                 return ActionReply(Message(text="This button carries no failure group."))
             return ActionReply(self.run_command(listing, click.user_id, click.channel_id))
+        if click.action_id == WORKER_MENU_ACTION_ID:
+            control = worker_command(click.value)
+            if control is None:
+                return ActionReply(Message(text="This menu carries no worker to act on."))
+            return self._run_control(control, click)
         chosen = parse_value(click.value)
         if chosen is None:
             return ActionReply(Message(text="This button carries no task id to act on."))
@@ -92,9 +100,14 @@ class TaskButtons:
             return ActionReply(self.full_traceback(task))
         command = command_for(chosen)
         assert command is not None
+        return self._run_control(command, click)
+
+    def _run_control(self, command: str, click: ActionClick) -> ActionReply:
         message = self.run_command(command, click.user_id, click.channel_id)
         if not message.approval_id or not click.channel_id:
-            return ActionReply(message)  # details, a refusal, a result: the clicker alone
+            # Details, a refusal, a result: to the clicker alone. Only approval cards are
+            # posted in the channel from a click.
+            return ActionReply(replace(message, ephemeral=True))
         ts = self.approvals.post_card(click.channel_id, message)
         if ts is None:
             return ActionReply(message)
