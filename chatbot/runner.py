@@ -77,6 +77,13 @@ def make_console(
 def run_console(settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
     """``celery-chatops console``: the /celery commands in a terminal against a live fleet."""
     log_banner(settings, "console")
+    # The terminal is the console's screen: routine JSON log lines (INFO, the audit's) would
+    # land between the answers. Warnings still show; CHATOPS_LOG_LEVEL=DEBUG shows all.
+    quieted: list[tuple[logging.Handler, int]] = []
+    if settings.log_level != "DEBUG":
+        for handler in logging.getLogger().handlers:
+            quieted.append((handler, handler.level))
+            handler.setLevel(max(handler.level, logging.WARNING))
     service = Service(settings)
     service.start()
     try:
@@ -90,6 +97,8 @@ def run_console(settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
         return make_console(service, stdin, stdout).run()
     finally:
         service.stop()
+        for handler, level in quieted:
+            handler.setLevel(level)
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> int:

@@ -153,3 +153,37 @@ def test_to_text_is_readable() -> None:
 
 def test_to_text_of_a_message_without_blocks_uses_the_fallback() -> None:
     assert to_text(Message(text="only &lt;text&gt;")) == "only <text>\n"
+
+
+def test_rows_are_numbered_and_details_n_acts_on_row_n(
+    run_command: Callable[[str], Message],
+) -> None:
+    out = session(run_command, "failed --limit 3\ndetails 2\nretry 2\nrevoke 2\ndetails 9\n")
+    answers = out.split(PROMPT)
+    listing = answers[1]
+    assert "[1: Details · Retry]" in listing and "[3: Details · Retry]" in listing
+    second = listing.split("[1: Details · Retry]", 1)[1].split("[2: Details · Retry]", 1)[0]
+    (second_id,) = [w for w in second.split() if w.count("-") == 4]  # the row's task id
+    assert answers[2].startswith(f"/celery task {second_id}\n")
+    assert second_id in answers[2] and "FAILURE" in answers[2]
+    assert answers[3].startswith(f"/celery retry {second_id}\n")  # then retry's own answer
+    assert answers[4] == "row 2 offers: details, retry\n"  # a failed task has no revoke
+    assert answers[5] == "no row 9 (the last list had 3)\n"
+
+
+def test_mentions_and_emoji_codes_read_as_text() -> None:
+    message = Message(
+        text="x",
+        blocks=[
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": ":raised_hand: asked by <@U0ALICE01> in <#C0INCIDENT|incidents>"
+                    " :new: &lt;@U0FAKE&gt; `<@U0CODE>`",
+                },
+            }
+        ],
+    )
+    text = to_text(message)
+    assert text == "(?) asked by @U0ALICE01 in #incidents (new) <@U0FAKE> <@U0CODE>\n"

@@ -453,7 +453,9 @@ def test_the_console_approves_interactively_under_the_same_rules(fleet: Fleet) -
     # The demo's set-up: one local operator who is also the approver, self-approval on.
     console = make_bot(fleet.app, fleet.store, approvers=None, self_approval=True)
     done = console.run(f"revoke {task_id} --terminate", confirm=yes)
-    assert questions[-1].startswith("Approve: revoke 1 task with terminate")
+    # The card first, as Slack would show it, then the question.
+    assert "Approve: revoke 1 task with terminate" in questions[-1]
+    assert questions[-1].index("Revoke and terminate") < questions[-1].index("Approve:")
     text = text_of(done)
     assert "Approved" in text and f"terminate: {task_id}" in text and "confirmed" in text
     wait_state(fleet.store, task_id, REVOKED)

@@ -170,3 +170,23 @@ def test_an_operator_needs_no_approval_when_the_policy_says_so(fleet: Fleet) -> 
     assert approve_button_value(card) is None  # ran at once
     assert "Ran: Retry" in first_line(card) and "re-sent as" in text_of(card)
     assert ALICE in text_of(card)
+
+
+def test_the_console_shows_the_card_and_warns_when_the_target_already_finished(
+    fleet: Fleet,
+) -> None:
+    questions: list[str] = []
+
+    def no(question: str) -> bool:
+        questions.append(question)
+        return False
+
+    bot = make_bot(fleet.app, fleet.store, approvers=None, self_approval=True)
+    done = str(fleet.app.send_task(ADD, args=(4, 4)).id)
+    wait_state(fleet.store, done, SUCCESS)
+    bot.run(f"revoke {done}", confirm=no)
+    (question,) = questions
+    assert "Approval needed: Revoke" in question  # the card, as text, before the question
+    assert f"(!) {done} already finished (SUCCESS): nothing left to revoke" in question
+    assert question.rstrip().endswith("Approve: revoke 1 task?")
+    assert bot.sent == []  # answered no

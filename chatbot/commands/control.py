@@ -41,6 +41,7 @@ from chatbot.commands.parser import (
 )
 from chatbot.commands.registry import CommandSpec, Registry
 from chatbot.commands.resolve import resolve_task_id, resolve_task_name, resolve_worker
+from chatbot.console_text import to_text
 from chatbot.control import validate_rate, validate_signal
 from chatbot.model import FINISHED_STATES, PENDING, RECEIVED, RETRY, STARTED, Task
 from chatbot.render import Message
@@ -192,7 +193,16 @@ class ControlCommands:
     ) -> Message:
         """The console's approval: the same decide() a button click makes, same rules."""
         assert ctx.confirm is not None
-        approve = ctx.confirm(f"Approve: {action.summary()}?")
+        # The same card Slack would post, then the question: what is approved is on screen.
+        card = self.approvals.get(approval_id)
+        shown = to_text(self.approvals.card(card)) + "\n" if card is not None else ""
+        for task_id in action.targets if action.kind == "revoke" else ():
+            task = ctx.store.get_task(task_id)
+            if task is not None and task.state in FINISHED_STATES:
+                shown += (
+                    f"(!) {task_id} already finished ({task.state}): nothing left to revoke\n"
+                )
+        approve = ctx.confirm(f"{shown}Approve: {action.summary()}?")
         outcome = self.approvals.decide(approval_id, ctx.user_id, approve=approve)
         if outcome.needs_confirmation:
             try:
