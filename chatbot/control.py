@@ -446,7 +446,7 @@ class FleetControl:
 
 
 def pool_facts(stats: Mapping[str, Any]) -> tuple[str | None, int | None]:
-    """``("prefork", 8)`` from an ``inspect stats`` reply."""
+    """``("prefork", 8)`` from an ``inspect stats`` reply: the pool and its size now."""
     pool = stats.get("pool")
     if not isinstance(pool, Mapping):
         return None, None
@@ -455,6 +455,11 @@ def pool_facts(stats: Mapping[str, Any]) -> tuple[str | None, int | None]:
     if isinstance(implementation, str) and implementation:
         # "celery.concurrency.prefork:TaskPool" -> "prefork"
         name = implementation.split(":", 1)[0].rsplit(".", 1)[-1]
+    # The live process count when the pool lists its processes (prefork does): after a pool
+    # grow or shrink, "max-concurrency" still says what the worker started with.
+    processes = pool.get("processes")
+    if isinstance(processes, list):
+        return name, len(processes)
     concurrency = pool.get("max-concurrency")
     return name, concurrency if isinstance(concurrency, int) else None
 

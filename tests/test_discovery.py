@@ -46,6 +46,9 @@ def test_reply_parsers_ignore_what_is_not_a_reply() -> None:
     stats = {"pool": {"implementation": "celery.concurrency.prefork:TaskPool",
                       "max-concurrency": 8}}
     assert pool_facts(stats) == ("prefork", 8)
+    # After a pool grow the processes are counted, not the size the worker started with.
+    grown = {"pool": {**stats["pool"], "processes": [101, 102, 103]}}
+    assert pool_facts(grown) == ("prefork", 3)
     assert pool_facts({"pool": "weird"}) == (None, None)
     assert consumed_queues([{"name": "celery"}, {"nameless": 1}, "junk"]) == ["celery"]
     assert consumed_queues({"not": "a list"}) is None

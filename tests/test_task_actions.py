@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import pytest
 
 from chatbot.approvals import APPROVE_ACTION_ID
+from chatbot.console_text import to_text
 from chatbot.model import FAILURE, REVOKED, STARTED, Task
 from chatbot.render import Message
 from chatbot.slack import HttpServer, SocketModeRunner, build_app, make_executor, make_web_client
@@ -391,8 +392,19 @@ def test_a_worker_row_offers_its_control_actions_and_runs_them_as_the_clicker(
     # Not in CHATOPS_APPROVAL_REQUIRED: it ran at once, and the worker's answer is shown.
     assert answer["response_type"] == "ephemeral"
     assert hostname in shown(answer) and "pool grow" in shown(answer).lower()
+    # `workers` then shows the pool's live size, not the concurrency it started with.
+    wait_until(
+        lambda: "prefork \u00d72" in to_text(stack.run("workers")),
+        timeout=DEADLINE,
+        what="the grown pool in `workers`",
+    )
     shrink = stack.choose(workers, f"shrink:{hostname}", ALICE).params
     assert hostname in shown(shrink)
+    wait_until(
+        lambda: "prefork \u00d71" in to_text(stack.run("workers")),
+        timeout=DEADLINE,
+        what="the shrunk pool in `workers`",
+    )
     # Shutdown needs an approval: a card in the channel, left undecided here.
     posted = len(stack.api.calls("chat.postMessage"))
     note = stack.choose(workers, f"shutdown:{hostname}", ALICE).params
