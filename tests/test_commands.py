@@ -565,7 +565,7 @@ def test_status_one_screen(dispatcher: Dispatcher, ctx: CommandContext) -> None:
     assert "Event stream: events last seen 1s ago" in text
     assert "○ celery@web-2 last heartbeat 15m ago" in text
     assert "Backlog  unknown: no broker reader" in text
-    assert message.text.startswith("Celery: 1 workers up, 1 down, 4 active")
+    assert message.text.startswith("Celery: 1 worker up, 1 down, 4 active")
 
 
 def test_status_says_when_the_stream_is_silent_or_lossy(

@@ -130,3 +130,9 @@ def test_without_a_memory_old_enough_nothing_is_called_new() -> None:
     declined(store, 2, NOW - 30)
     texts = [g["text"]["text"] for g in groups_of(run(store, "failed", failure_memory=memory))]
     assert texts and not any(":new:" in t for t in texts)
+
+
+def test_a_flag_without_its_value_says_what_the_value_is() -> None:
+    message = run(MemoryStore(clock=lambda: NOW), "failed --since")
+    line = message.blocks[0]["text"]["text"]
+    assert "--since needs a value: how far back (30s, 15m, 2h, 1d)" in line

@@ -19,6 +19,7 @@ from chatbot.consumer import EventConsumer
 from chatbot.control import FleetControl
 from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import FAILURE, SUCCESS
+from chatbot.render import Message
 from chatbot.render.blockkit import validate_blocks
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import ADD, FAIL
@@ -190,3 +191,16 @@ def test_the_console_shows_the_card_and_warns_when_the_target_already_finished(
     assert f"(!) {done} already finished (SUCCESS): nothing left to revoke" in question
     assert question.rstrip().endswith("Approve: revoke 1 task?")
     assert bot.sent == []  # answered no
+
+
+def test_the_destructive_choice_carries_the_danger_style(bot: Bot, fleet: Fleet) -> None:
+    def styles(card: Message) -> dict[str, str | None]:
+        (actions,) = [b for b in card.blocks if b.get("type") == "actions"]
+        return {e["text"]["text"]: e.get("style") for e in actions["elements"]}
+
+    failed = fail_with(fleet, "styles")
+    assert styles(bot.handler_reply(f"retry {failed}")) == {"Approve": "primary", "Deny": "danger"}
+    terminate = bot.handler_reply(f"revoke {failed} --terminate")
+    assert styles(terminate) == {"Approve": "danger", "Deny": None}
+    shutdown = bot.handler_reply(f"shutdown {fleet.worker.hostname}")
+    assert styles(shutdown) == {"Approve": "danger", "Deny": None}

@@ -160,7 +160,8 @@ def parse_args(spec: ArgSpec, argv: Sequence[str], *, command: str | None = None
             raw = tokens[index]
             index += 1
         else:
-            raise UsageError(f"--{name} needs a value ({flag.metavar})", command=command)
+            # What the value is, in words: "--since needs a value: how far back (30s, 15m...)".
+            raise UsageError(f"--{name} needs a value: {flag.help}", command=command)
         values[flag.name] = _convert(flag.convert, raw, f"--{name}", command)
 
     for positional in spec.positionals:
