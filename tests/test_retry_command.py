@@ -204,3 +204,19 @@ def test_the_destructive_choice_carries_the_danger_style(bot: Bot, fleet: Fleet)
     assert styles(terminate) == {"Approve": "danger", "Deny": None}
     shutdown = bot.handler_reply(f"shutdown {fleet.worker.hostname}")
     assert styles(shutdown) == {"Approve": "danger", "Deny": None}
+
+
+def test_one_failure_is_retried_once_whoever_asks_again(bot: Bot, fleet: Fleet) -> None:
+    original = fail_with(fleet, "retry me once")
+    card = bot.handler_reply(f"retry {original}")
+    approval_id = approve_button_value(card)
+    assert approval_id is not None
+    # A second request while the first awaits approval: refused, nothing stored.
+    again = bot.run(f"retry {original}", user=BOB)
+    assert is_error(again) and "awaits approval" in first_line(again)
+    outcome = bot.approvals.decide(approval_id, BOB, approve=True)
+    assert outcome.result == "approved"
+    # And once it went out, a later request says where it went.
+    later = bot.run(f"retry {original}")
+    assert is_error(later) and "already re-sent as" in first_line(later)
+    assert len(bot.approvals.records.list("approval")) == 1

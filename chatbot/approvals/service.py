@@ -479,6 +479,29 @@ class ApprovalService:
         return RevokeConfirmation("checking", tuple(revoked), tuple(finished), tuple(waiting))
 
     # -- reading and presenting -----------------------------------------------------------
+    def retry_claims(self) -> dict[str, str]:
+        """Failed task id -> what already claims its retry: a pending request, or a re-send
+        that went out (``re-sent as <id>``), among the requests still kept (``retention``).
+
+        So a second Retry (another click, another person) is refused instead of running the
+        task twice."""
+        claims: dict[str, str] = {}
+        for data in self._approvals.list():
+            try:
+                approval = Approval.from_record(data)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if approval.action.kind != "retry":
+                continue
+            if approval.status == PENDING:
+                for task_id in approval.action.targets:
+                    claims.setdefault(task_id, f"a retry awaits approval ({approval.id[:8]})")
+            elif approval.outcome is not None:
+                for reply in approval.outcome.replies:
+                    if reply.status == "ok":
+                        claims[reply.worker] = f"already {reply.message} ({approval.id[:8]})"
+        return claims
+
     def get(self, approval_id: str) -> Approval | None:
         if not isinstance(approval_id, str) or not _ID.match(approval_id):
             return None  # button values are data from the client: check before using as a key

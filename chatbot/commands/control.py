@@ -199,9 +199,7 @@ class ControlCommands:
         for task_id in action.targets if action.kind == "revoke" else ():
             task = ctx.store.get_task(task_id)
             if task is not None and task.state in FINISHED_STATES:
-                shown += (
-                    f"(!) {task_id} already finished ({task.state}): nothing left to revoke\n"
-                )
+                shown += f"(!) {task_id} already finished ({task.state}): nothing left to revoke\n"
         approve = ctx.confirm(f"{shown}Approve: {action.summary()}?")
         outcome = self.approvals.decide(approval_id, ctx.user_id, approve=approve)
         if outcome.needs_confirmation:
@@ -312,6 +310,14 @@ class ControlCommands:
                 selector = f"name {task_name}{which}, failed in the last {_span(window)}"
             queues = {w.hostname: w.queues for w in ctx.store.workers() if w.queues}
             plans, refused = plan_retries(tasks, worker_queues=queues)
+            # One retry per failure: a second request (a second click) must not run it twice.
+            claims = self.approvals.retry_claims()
+            refused += [
+                RetryRefusal(p.task_id, p.name, claims[p.task_id])
+                for p in plans
+                if p.task_id in claims
+            ]
+            plans = [p for p in plans if p.task_id not in claims]
             if not plans:
                 raise UsageError("nothing to retry: " + _refusal_lines(refused))
             return ControlAction.retry(
