@@ -29,6 +29,7 @@ __all__ = [
     "WORKER_MENU_ACTION_ID",
     "TaskClick",
     "command_for",
+    "failed_task_menu",
     "group_button",
     "group_command",
     "parse_value",
@@ -138,6 +139,11 @@ def task_menu(task: Task | Any) -> dict[str, Any] | None:
             for verb in verbs_for(task)
         ],
     }
+
+
+def failed_task_menu(task_id: Any) -> dict[str, Any] | None:
+    """The menu of a failed task known only by its id (an alert's example failure)."""
+    return task_menu(Task(task_id, state=FAILURE)) if isinstance(task_id, str) else None
 
 
 def task_buttons(task: Task | Any) -> list[dict[str, Any]]:

@@ -342,6 +342,9 @@ def test_failure_spike_names_the_exception_and_escapes_its_text(
     body = texts(parent)
     assert "ValueError" in body and "f0" in body
     assert "<!channel>" not in body
+    # The group's example carries the same menu as a `failed` row: Details, Retry.
+    menus = [b["accessory"] for b in parent.params["blocks"] if "accessory" in b]
+    assert [[o["value"] for o in m["options"]] for m in menus] == [["details:f0", "retry:f0"]]
 
 
 # -- Slack limits --------------------------------------------------------------------------------

@@ -39,7 +39,13 @@ from chatbot.render.text import (
     truncate_middle,
     utc_time,
 )
-from chatbot.task_actions import group_button, task_buttons, task_menu, worker_menu
+from chatbot.task_actions import (
+    failed_task_menu,
+    group_button,
+    task_buttons,
+    task_menu,
+    worker_menu,
+)
 from chatbot.tracebacks import readable_traceback
 
 # Installed, the templates are chatbot/templates (pyproject's force-include); in a checkout,
@@ -135,7 +141,9 @@ class Renderer:
             task_menu=task_menu,
             task_buttons=task_buttons,
         )
-        self.env.globals.update(group_button=group_button, worker_menu=worker_menu)
+        self.env.globals.update(
+            group_button=group_button, worker_menu=worker_menu, failed_task_menu=failed_task_menu
+        )
 
     def render_document(self, template: str, context: Mapping[str, Any]) -> dict[str, Any]:
         """The template's JSON document, before limits are applied."""
