@@ -27,6 +27,7 @@ Everything here is pure but the memory, and nothing here talks to Slack or Celer
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -55,29 +56,28 @@ SHAPE_LIMIT = 240
 NUMBER_MASK = "#"
 QUOTED_MASK = "'*'"
 
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # A quoted value: a short run between matching quotes on one line.
 _QUOTED = re.compile(r"'[^'\n]{0,200}'|\"[^\"\n]{0,200}\"")
 # A number with its sign, fraction and exponent ("-1.5e+10"), as one token.
 _NUMBER = re.compile(
     r"(?<![A-Za-z0-9_])[-+]?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?(?![A-Za-z0-9_])", re.ASCII
 )
-# What remains that names one thing: any word with a digit in it (``card8773``, ``0x7f3a``,
-# ``a3f9c2d1``, ``w-3``'s ``3`` already went) or a long run of hex letters only (an id that
-# happens to have no digit: ``deadbeefcafe``).
-_TOKEN = re.compile(r"[A-Za-z0-9_]+", re.ASCII)
-_HEX_LETTERS = re.compile(r"[a-fA-F]{8,}", re.ASCII)
+# What remains that names one thing, as a whole word: any word with a digit in it
+# (``card8773``, ``0x7f3a``, ``a3f9c2d1``) or a long run of hex letters only (an id that happens
+# to have no digit: ``deadbeefcafe``). One pattern, no callback: this runs for every failure.
+_ID_WORD = re.compile(
+    r"(?<![A-Za-z0-9_])(?:[A-Za-z_]*[0-9][A-Za-z0-9_]*|[a-fA-F]{8,})(?![A-Za-z0-9_])", re.ASCII
+)
+# Uuids, numbers and id-like words in one pass (tried in that order at each position).
+_VARYING = re.compile(
+    "|".join(f"(?:{pattern.pattern})" for pattern in (_UUID, _NUMBER, _ID_WORD)), re.ASCII
+)
 _SPACES = re.compile(r"\s+")
 # ``CardDeclined('card 8773 declined')``: Celery's events carry the exception's repr.
 _EXCEPTION_REPR = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)\)\s*$", re.S)
+_ONE_STRING = re.compile(r"^'([^'\\\n]*)'$")
 _CLIPPED_REPR = re.compile(r"^\s*([A-Za-z_][\w.]*)\((.*)$", re.S)
-
-
-def _mask_token(match: re.Match[str]) -> str:
-    token = match.group(0)
-    if any(c.isdigit() for c in token) or _HEX_LETTERS.fullmatch(token):
-        return NUMBER_MASK
-    return token
 
 
 def exception_message(exception: str | None) -> str:
@@ -99,6 +99,9 @@ def exception_message(exception: str | None) -> str:
     if match is None:
         return text.strip()
     inner = match.group(2)
+    plain = _ONE_STRING.match(inner)
+    if plain is not None:  # ``'text'``, the common case: no parsing needed
+        return plain.group(1)
     try:
         # Exception reprs are small (the store clips them), so parsing is cheap here.
         parsed = ast.literal_eval(f"({inner},)") if inner.strip() else ()
@@ -111,10 +114,8 @@ def exception_message(exception: str | None) -> str:
 
 def message_shape(message: str) -> str:
     """``message`` with what varies between occurrences masked, whitespace folded."""
-    shape = _UUID.sub(NUMBER_MASK, message)
-    shape = _QUOTED.sub(QUOTED_MASK, shape)
-    shape = _NUMBER.sub(NUMBER_MASK, shape)
-    shape = _TOKEN.sub(_mask_token, shape)
+    shape = _QUOTED.sub(QUOTED_MASK, message)
+    shape = _VARYING.sub(NUMBER_MASK, shape)
     shape = _SPACES.sub(" ", shape).strip()
     return shape[:SHAPE_LIMIT]
 
@@ -138,11 +139,15 @@ class Fingerprint:
 
 
 def fingerprint(task: Task) -> Fingerprint:
-    return Fingerprint(
-        task.name or "unknown",
-        task.exception_type or "unknown",
-        message_shape(exception_message(task.exception)),
-    )
+    return _fingerprint(task.name or "unknown", task.exception_type or "unknown", task.exception)
+
+
+# Fleets repeat the same exception text (``TimeoutError()``, the same message for every retry
+# of one call), and `failed` and the alert checks group the same window again and again: a
+# bounded cache (sized above the store's default task cap) saves the regex work for those.
+@functools.lru_cache(maxsize=16384)
+def _fingerprint(name: str, exception_type: str, exception: str | None) -> Fingerprint:
+    return Fingerprint(name, exception_type, message_shape(exception_message(exception)))
 
 
 def _failed_at(task: Task) -> float:
