@@ -272,7 +272,7 @@ def find_group(groups: Sequence[FailureGroup], key: str) -> FailureGroup | None:
 
 
 FINGERPRINT_KIND = "failure-fingerprint"
-_SINCE_KEY = "\x00since"
+_SINCE_KEY = "since"  # never a group key (those are hex digits)
 DEFAULT_MEMORY_TTL = 7 * 24 * 3600.0
 
 
