@@ -47,7 +47,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_LIMIT = 15
 DEFAULT_FAILED_SINCE = 15 * 60.0
 DEFAULT_QUEUE = "celery"  # Celery's task_default_queue when nothing else is known
-# Group failures by exception type and name once a list is long enough to hide the pattern.
 # `failed`: failure groups shown before the newest examples, and how many failures at most
 # are fingerprinted for them (the newest; the answer says so when there were more).
 MAX_GROUPS_SHOWN = 8
