@@ -102,7 +102,7 @@ def _safe_id(task_id: str) -> bool:
         bool(task_id)
         and len(task_id) + len(TRACEBACK) + 1 <= _VALUE_MAX
         and not task_id.startswith("-")
-        and not any(c.isspace() or c in "\"'\\:" or not c.isprintable() for c in task_id)
+        and not any(c.isspace() or c in "\"'\\:<>&`" or not c.isprintable() for c in task_id)
     )
 
 

@@ -22,7 +22,7 @@ from chatbot.console_text import to_text
 from chatbot.model import FAILURE, REVOKED, STARTED, Task
 from chatbot.render import Message
 from chatbot.slack import HttpServer, SocketModeRunner, build_app, make_executor, make_web_client
-from chatbot.slack.app import ActionHandler
+from chatbot.slack.app import ActionClick, ActionHandler
 from chatbot.slack.approval_actions import ApprovalActions
 from chatbot.slack.task_actions import TaskButtons, traceback_chunks
 from chatbot.task_actions import (
@@ -343,7 +343,9 @@ def test_the_task_view_buttons_and_the_danger_style() -> None:
     assert [b["text"]["text"] for b in failed] == ["Retry", "Full traceback"]
 
 
-@pytest.mark.parametrize("task_id", ["", "-x --terminate", "a b", "a'b", "x" * 200, "a:b", "a\nb"])
+@pytest.mark.parametrize(
+    "task_id", ["", "-x --terminate", "a b", "a'b", "x" * 200, "a:b", "a\nb", "<!channel>", "a`b"]
+)
 def test_ids_that_are_not_plain_get_no_actions_and_parse_to_nothing(task_id: str) -> None:
     assert task_menu(Task(task_id, state="STARTED")) is None
     assert task_buttons(Task(task_id, state="STARTED")) == []
@@ -373,6 +375,21 @@ def test_stale_reasons() -> None:
     assert "not FAILURE" in (stale_reason(TaskClick("retry", uuid), _task("STARTED")) or "")
     assert stale_reason(TaskClick("retry", uuid), _task("FAILURE")) is None
     assert stale_reason(TaskClick("details", uuid), None) is None  # the detail says it
+
+
+def test_a_stale_answer_naming_a_hostile_task_is_inert() -> None:
+    uuid = "5f0c2d4e-8a1b-4c3d-9e2f-0a1b2c3d4e5f"
+    hostile = Task(uuid, name="<!channel> `x`", state="SUCCESS")
+    buttons = TaskButtons(
+        approvals=None,  # type: ignore[arg-type]  # never reached: the click is stale
+        run_command=lambda *_: pytest.fail("a stale click ran a command"),
+        get_task=lambda _id: hostile,
+        renderer=None,  # type: ignore[arg-type]
+    )
+    click = ActionClick(TASK_MENU_ACTION_ID, f"revoke:{uuid}", "U1", "C1", "1.2")
+    reply = buttons.on_click(click)
+    assert reply.message.text.startswith("Nothing done:")
+    assert "<!channel>" not in reply.message.text and "&lt;!channel&gt;" in reply.message.text
 
 
 def test_traceback_chunks_keep_every_character_within_the_size() -> None:

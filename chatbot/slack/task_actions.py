@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from chatbot.model import Task
 from chatbot.redaction import ELLIPSIS
-from chatbot.render import Message, Renderer
+from chatbot.render import Message, Renderer, mrkdwn
 from chatbot.slack.app import ActionClick, ActionHandler, ActionReply
 from chatbot.slack.approval_actions import ApprovalActions
 from chatbot.task_actions import (
@@ -82,7 +82,8 @@ class TaskButtons:
             listing = group_command(click.value)
             if listing is None:
                 return ActionReply(Message(text="This button carries no failure group."))
-            return ActionReply(self.run_command(listing, click.user_id, click.channel_id))
+            listed = self.run_command(listing, click.user_id, click.channel_id)
+            return ActionReply(replace(listed, ephemeral=True))
         if click.action_id == WORKER_MENU_ACTION_ID:
             control = worker_command(click.value)
             if control is None:
@@ -94,7 +95,8 @@ class TaskButtons:
         task = self.get_task(chosen.task_id)
         stale = stale_reason(chosen, task)
         if stale is not None:
-            return ActionReply(Message(text=f"Nothing done: {stale}."))
+            # The reason names the task (its name came from the fleet): escaped.
+            return ActionReply(Message(text=f"Nothing done: {mrkdwn(stale)}."))
         if chosen.verb == TRACEBACK:
             assert task is not None and task.traceback  # stale_reason said so
             return ActionReply(self.full_traceback(task))
@@ -111,7 +113,7 @@ class TaskButtons:
         ts = self.approvals.post_card(click.channel_id, message)
         if ts is None:
             return ActionReply(message)
-        return ActionReply(Message(text=f"Posted `/celery {command}` for approval here."))
+        return ActionReply(Message(text=f"Posted `/celery {mrkdwn(command)}` for approval here."))
 
     def full_traceback(self, task: Task) -> Message:
         text = task.traceback or ""
