@@ -224,8 +224,10 @@ def test_failures_searchable_grouped_and_with_result(fleet: Fleet) -> None:
     assert bad.status_code == 400 and "NOT is not supported" in bad.json()["error"]
 
     grouped = bot.get("/api/tasks/failed", params={"taskname": FAIL}).json()
-    assert grouped["total"] >= 1 and grouped["by_exception"].get("ValueError", 0) >= 1
-    assert failed_id in grouped["tasks"]
+    assert grouped["total"] >= 1 and failed_id in grouped["tasks"]
+    mine = [g for g in grouped["groups"] if g["message_shape"] == "card-#-declined"]
+    assert len(mine) == 1 and mine[0]["exception_type"] == "ValueError"
+    assert mine[0]["name"] == FAIL and mine[0]["count"] >= 1
     result = bot.get(f"/api/task/result/{failed_id}").json()
     assert result["state"] == "FAILURE" and "ValueError" in result["result"]
     assert "Traceback" in (result["traceback"] or "")

@@ -1,4 +1,5 @@
-"""The control endpoints: Flower's, plus a bulk revoke, through the bot's approval service.
+"""The control endpoints: Flower's, plus a bulk revoke and a retry, through the bot's approval
+service.
 
 Each call goes the way a ``/celery`` control command goes, in this order:
 
@@ -12,15 +13,19 @@ Each call goes the way a ``/celery`` control command goes, in this order:
 
 Requests carry ``"api"`` as their channel, so every audit line of the approval says where it
 came from, beside the identity. ``send-task`` publishes a message rather than controlling
-workers: operators only, audited here, never through an approval.
+workers: operators only, audited here, never through an approval. ``retry`` re-sends a failed
+task by the rules of ``/celery retry`` (chatbot/retry.py): a task that is not failed, whose
+arguments cannot be rebuilt exactly, or whose retry is already requested or sent is refused
+with 409 and the reason (audited), and nothing is sent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 from chatbot.api.core import ApiServices
 from chatbot.api.reads import ERRORS, resolve_name, resolve_worker
@@ -42,6 +47,7 @@ from chatbot.commands.control import (
 )
 from chatbot.control import validate_rate, validate_signal
 from chatbot.model import FINISHED_STATES
+from chatbot.retry import RetryPlan, plan_retry
 
 __all__ = ["API_CHANNEL", "CONTROL_ENDPOINTS", "approval_view"]
 
@@ -56,6 +62,9 @@ SEND_OPTIONS = {"queue": str, "routing_key": str, "countdown": float, "expires":
 MAX_DELAY = 366 * 86400.0  # countdown and expires: at most a year
 MAX_PRIORITY = 255  # AMQP's priority range; Redis emulates a subset of it
 MAX_NAME = 255  # queue and routing key names (AMQP's shortstr)
+# How FleetControl.resend (chatbot/control.py) words a re-sent task; the approval record keeps
+# the words, not the value, so the new task's id is read back from them.
+_RESENT = re.compile(r"^re-sent as (\S+) to queue ")
 
 
 def _message(text: str, status: int = 200) -> ApiResponse:
@@ -224,6 +233,59 @@ def revoke_by_name(svc: ApiServices, req: ApiRequest) -> ApiResponse:
     )
 
 
+def retry(svc: ApiServices, req: ApiRequest) -> ApiResponse:
+    task_id: str = req["uuid"]
+    _authorize(svc, req, "retry", [task_id])
+    approvals = _require(svc)
+    task = svc.store.get_task(task_id)
+    if task is None:
+        raise ApiError(404, f"Unknown task '{task_id}'")
+    queues = {w.hostname: w.queues for w in svc.store.workers() if w.queues}
+    planned = plan_retry(task, worker_queues=queues)
+    if not isinstance(planned, RetryPlan):
+        _refuse_retry(svc, req, task_id, planned.reason)
+    try:
+        # One retry per failure, as the command: a second call must not run it twice.
+        claim = approvals.retry_claims().get(task_id)
+    except StateStoreUnavailable as exc:
+        raise ApiError(503, f"Not requested: {exc}") from None
+    if claim is not None:
+        _refuse_retry(svc, req, task_id, claim)
+    plan: RetryPlan = planned
+
+    def done(approval: Approval) -> ApiResponse:
+        outcome = approval.outcome
+        if outcome is None or outcome.error is not None:
+            raise ApiError(503, f"Not re-sent: {outcome.error if outcome else 'not sent'}")
+        reply = next((r for r in outcome.replies if r.worker == task_id), None)
+        new_id = resent_id(reply.message) if reply is not None and reply.status == "ok" else None
+        if new_id is None:
+            raise ApiError(503, reply.message if reply is not None else "Not re-sent")
+        return ApiResponse(
+            200,
+            {"task-id": new_id, "message": f"Retried '{task_id}' as '{new_id}'"},
+        )
+
+    return _submit(
+        svc,
+        req,
+        lambda: ControlAction.retry([plan], store=svc.store, now=svc.clock()),
+        done,
+    )
+
+
+def _refuse_retry(svc: ApiServices, req: ApiRequest, task_id: str, reason: str) -> NoReturn:
+    text = f"Not retried: {reason}"
+    _audit(svc, req, "retry", (task_id,), "refused", reason)
+    raise ApiError(409, text, {"message": text})
+
+
+def resent_id(message: str) -> str | None:
+    """The new task's id in a re-sent reply's words, or None."""
+    match = _RESENT.match(message)
+    return match.group(1) if match else None
+
+
 def _pool(grow: bool) -> Callable[[ApiServices, ApiRequest], ApiResponse]:
     verb, gerund = ("grow", "Growing") if grow else ("shrink", "Shrinking")
 
@@ -377,9 +439,9 @@ def send_task(svc: ApiServices, req: ApiRequest) -> ApiResponse:
         result = "ok"
     except Exception as exc:
         logger.warning("send-task %s failed: %s", name, type(exc).__name__)
-        _audit_send(svc, req, name, options, "error", f"{type(exc).__name__}")
+        _audit(svc, req, "send_task", (name,), "error", type(exc).__name__, options)
         raise ApiError(503, "Broker unavailable: the task was not sent") from None
-    _audit_send(svc, req, name, options, result, "", task_id)
+    _audit(svc, req, "send_task", (name,), result, "", options, {"task_id": task_id})
     return ApiResponse(200, {"task-id": task_id})
 
 
@@ -417,29 +479,31 @@ def _option(kind: type, value: Any) -> Any:
     return number
 
 
-def _audit_send(
+def _audit(
     svc: ApiServices,
     req: ApiRequest,
-    name: str,
-    options: Mapping[str, Any],
+    action: str,
+    targets: tuple[str, ...],
     result: str,
     reason: str,
-    task_id: str = "",
+    parameters: Mapping[str, Any] | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> None:
+    """An audit line for what never becomes an approval (a sent task, a refused retry)."""
     if svc.audit is None:
         return
     svc.audit.record(
         AuditEntry(
             step="request",
             who=req.identity,
-            action="send_task",
+            action=action,
             result=result,
             time=svc.clock(),
-            targets=(name,),
-            parameters=dict(options),
+            targets=targets,
+            parameters=dict(parameters or {}),
             channel=API_CHANNEL,
             reason=reason,
-            details={"task_id": task_id} if task_id else {},
+            details=dict(details or {}),
         )
     )
 
@@ -470,7 +534,15 @@ def approval_view(approval: Approval) -> dict[str, Any]:
             ],
         },
         "confirmation": None if confirmation is None else confirmation.as_dict(),
+        **({"retried": _retried(approval)} if approval.action.kind == "retry" else {}),
     }
+
+
+def _retried(approval: Approval) -> dict[str, str]:
+    """A retry's failed task id -> the new task's id, for those re-sent."""
+    replies = approval.outcome.replies if approval.outcome is not None else ()
+    found = {r.worker: resent_id(r.message) for r in replies if r.status == "ok"}
+    return {failed: new for failed, new in found.items() if new is not None}
 
 
 def get_approval(svc: ApiServices, req: ApiRequest) -> ApiResponse:
@@ -546,6 +618,30 @@ CONTROL_ENDPOINTS: tuple[Endpoint, ...] = (
         access="control",
         tag="chatops",
         description=f"The card previews {PREVIEW_LIMIT} of them; every one is revoked.",
+    ),
+    Endpoint(
+        "POST", "/api/task/retry/{uuid}", "retry_task",
+        "Re-send a failed task with the same arguments to the same queue, as /celery retry",
+        retry,
+        {
+            **_CONTROL_REPLIES,
+            200: Reply(
+                "re-sent: the new task's id",
+                {"type": "object", "required": ["task-id", "message"],
+                 "properties": {"task-id": {"type": "string"}, "message": {"type": "string"}}},
+            ),
+            409: Reply(
+                "not retried, and nothing sent: the task is not FAILURE, its arguments cannot"
+                " be rebuilt exactly (redacted, cut, not literals), or its retry is already"
+                " requested or sent; 'message' says which",
+                MESSAGE_SCHEMA,
+            ),
+        },
+        params=(Param("uuid", where="path", required=True, description="the failed task's id"),),
+        access="control",
+        tag="chatops",
+        description="Under CHATOPS_APPROVAL_REQUIRED (retry is in the default) the answer is"
+        " 202; once approved, the approval's 'retried' maps the failed id to the new one.",
     ),
     Endpoint(
         "POST", "/api/worker/pool/grow/{workername}", "pool_grow", "Grow a worker's pool",
@@ -658,6 +754,8 @@ CONTROL_ENDPOINTS: tuple[Endpoint, ...] = (
                         "decided_at": _NULLABLE_NUMBER,
                         "outcome": {"type": ["object", "null"]},
                         "confirmation": {"type": ["object", "null"]},
+                        "retried": {"type": "object",
+                                    "additionalProperties": {"type": "string"}},
                     },
                 },
             ),

@@ -9,17 +9,22 @@ declaration (in :data:`READ_ENDPOINTS`) is what the dispatcher parses arguments 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from chatbot.api.core import ApiServices
 from chatbot.api.search import QuerySyntaxError, compile_query
 from chatbot.api.serializers import TASK_SCHEMA, task_dict
 from chatbot.api.spec import ApiError, ApiRequest, ApiResponse, Endpoint, Param, Reply
+from chatbot.commands.readonly import MAX_GROUPED_FAILURES
+from chatbot.failures import FailureGroup, FingerprintMemory, find_group, group_failures
 from chatbot.model import FAILURE, FINISHED_STATES, REJECTED, SUCCESS, Task
 
 __all__ = ["DEFAULT_TASK_LIMIT", "ERRORS", "READ_ENDPOINTS", "resolve_name", "resolve_worker"]
+
+logger = logging.getLogger(__name__)
 
 # Flower lists every retained task when no limit is given (its default keeps 100,000: one
 # answer of tens of megabytes); a runbook that wants more asks for it.
@@ -255,8 +260,9 @@ def queue_lengths(svc: ApiServices, _req: ApiRequest) -> ApiResponse:
 
 
 def failed_tasks(svc: ApiServices, req: ApiRequest) -> ApiResponse:
-    """Failures in a window, counted by exception type and by task name as `/celery failed`
-    groups them, with the newest as Flower task dicts."""
+    """Failures in a window, in the groups `/celery failed` shows (same task, exception and
+    message shape: chatbot/failures.py), biggest first, then the newest as Flower task dicts;
+    ``group``: one group and its own members only."""
     window: float = req["since"]
     if window <= 0:
         raise ApiError(400, "Invalid since: must be > 0 seconds")
@@ -266,20 +272,85 @@ def failed_tasks(svc: ApiServices, req: ApiRequest) -> ApiResponse:
         name = resolve_name(svc, req["taskname"])
         if name is None:
             raise ApiError(404, f"Unknown task '{req['taskname']}'")
-    summary = svc.store.failure_summary(name, window, svc.clock(), limit)
+    now = svc.clock()
+    failures = svc.store.recent_failures(name, window, now)
+    # The command's bound: the newest this many are fingerprinted (``grouped`` says so).
+    grouped = failures[:MAX_GROUPED_FAILURES]
+    groups = _failure_groups(svc, grouped, now - window, now)
+    wanted: str | None = req["group"]
+    if wanted:
+        group = find_group(groups, wanted)
+        if group is None:
+            raise ApiError(404, f"Unknown failure group '{wanted}' in the last {window:g}s")
+        groups = [group]
+        members = set(group.members)
+        failures = [t for t in failures if t.uuid in members]
     return _json(
         {
             "since": window,
-            "total": summary.total,
-            "by_exception": dict(sorted(summary.by_type.items(), key=lambda kv: -kv[1])),
-            "by_name": dict(sorted(summary.by_name.items(), key=lambda kv: -kv[1])),
-            "tasks": {task.uuid: task_dict(task) for task in summary.newest},
+            "total": len(failures),
+            "grouped": len(grouped),
+            "groups": [_group_dict(g) for g in groups],
+            "tasks": {task.uuid: task_dict(task) for task in failures[:limit]},
         }
     )
 
 
+def _failure_groups(
+    svc: ApiServices, failures: Sequence[Task], window_start: float, now: float
+) -> list[FailureGroup]:
+    """Grouped, with ``new`` from the fingerprint memory `/celery failed` uses.
+
+    The memory lives wholly in the record store (chatbot/failures.py), the one the Service
+    gives its approvals (chatbot/service.py): one made here on it reads and writes the same
+    first-seen times as the command and the alerts. Without it ``new`` stays unknown."""
+    if svc.approvals is None:
+        return group_failures(failures)
+    try:
+        memory = FingerprintMemory(svc.approvals.records, svc.clock)
+        # Listening from the first question, failures or not: a later window that opens
+        # after it can then tell a new group from an old one.
+        _ = memory.since
+        return memory.group(failures, window_start, now)
+    except Exception:
+        # The memory only adds "new": a state store that fails must not cost the answer.
+        logger.warning("failure fingerprint memory unavailable", exc_info=True)
+        return group_failures(failures)
+
+
+def _group_dict(group: FailureGroup) -> dict[str, Any]:
+    return {
+        "key": group.key,
+        "count": group.count,
+        "name": group.name,
+        "exception_type": group.exception_type,
+        "message_shape": group.fingerprint.shape,
+        "first_seen": group.first_seen,
+        "last_seen": group.last_seen,
+        "workers": list(group.workers),
+        "new": group.new,
+        "example": task_dict(group.example),
+    }
+
+
 # -- declarations --------------------------------------------------------------------------------
-_COUNTS = {"type": "object", "additionalProperties": {"type": "integer"}}
+_GROUP_SCHEMA = {
+    "type": "object",
+    "required": ["key", "count", "name", "exception_type", "message_shape", "first_seen",
+                 "last_seen", "workers", "new", "example"],
+    "properties": {
+        "key": {"type": "string"},
+        "count": {"type": "integer"},
+        "name": {"type": "string"},
+        "exception_type": {"type": "string"},
+        "message_shape": {"type": "string"},
+        "first_seen": {"type": "number"},
+        "last_seen": {"type": "number"},
+        "workers": {"type": "array", "items": {"type": "string"}},
+        "new": {"type": ["boolean", "null"]},
+        "example": TASK_SCHEMA,
+    },
+}  # fmt: skip
 _STATES = ("All", "PENDING", "RECEIVED", "STARTED", "RETRY", *sorted(FINISHED_STATES - {REJECTED}))
 
 READ_ENDPOINTS: tuple[Endpoint, ...] = (
@@ -415,19 +486,19 @@ READ_ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "GET", "/api/tasks/failed", "failed_tasks",
-        "Failures in a window, counted by exception and by name, as /celery failed groups them",
+        "Failures in a window, in the groups /celery failed shows, then the newest",
         failed_tasks,
         {
             200: Reply(
-                "failures",
+                "failure groups (biggest first) and the newest failures",
                 {
                     "type": "object",
-                    "required": ["since", "total", "by_exception", "by_name", "tasks"],
+                    "required": ["since", "total", "grouped", "groups", "tasks"],
                     "properties": {
                         "since": {"type": "number"},
                         "total": {"type": "integer"},
-                        "by_exception": _COUNTS,
-                        "by_name": _COUNTS,
+                        "grouped": {"type": "integer"},
+                        "groups": {"type": "array", "items": _GROUP_SCHEMA},
                         "tasks": TASK_MAP_SCHEMA,
                     },
                 },
@@ -438,9 +509,18 @@ READ_ENDPOINTS: tuple[Endpoint, ...] = (
             Param("since", "number", default=DEFAULT_FAILED_WINDOW, description="window in"
                   " seconds"),
             Param("taskname", description="only failures of this task name"),
+            Param("group", description="only this failure group (its key, or a unique prefix"
+                  " of 4+ characters)"),
             Param("limit", "integer", default=DEFAULT_FAILED_LIMIT, description="newest"
                   " failures listed"),
         ),
         tag="chatops",
+        description=(
+            "A group is one task name, one exception type and one message shape (the message"
+            " with numbers, ids and quoted values masked). 'new': first seen inside the"
+            " window (true), before it (false), or unknown (null: the memory of earlier"
+            f" failures does not reach back that far). At most {MAX_GROUPED_FAILURES} of the"
+            " newest failures are grouped ('grouped')."
+        ),
     ),
 )  # fmt: skip
