@@ -225,7 +225,7 @@ def test_failed_groups_eleven_failures_differing_only_in_numbers_as_one(
         answer = bot.get("/api/tasks/failed", params={"since": window, "limit": 3})
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        assert body["total"] == 12 and body["grouped"] == 12
+        assert body["total"] == 12 and body["grouped"] == 12 and body["group_count"] == 2
         assert [g["count"] for g in body["groups"]] == [11, 1]
         eleven, one = body["groups"]
         assert eleven["name"] == FAIL and eleven["exception_type"] == "ValueError"
@@ -241,5 +241,8 @@ def test_failed_groups_eleven_failures_differing_only_in_numbers_as_one(
         ).json()
         assert set(only["tasks"]) == set(declined) and only["total"] == 11
         assert [g["key"] for g in only["groups"]] == [eleven["key"]]
+        biggest = bot.get("/api/tasks/failed", params={"since": window, "max_groups": 1}).json()
+        assert [g["key"] for g in biggest["groups"]] == [eleven["key"]]
+        assert biggest["group_count"] == 2
         missing = bot.get("/api/tasks/failed", params={"group": "ffffffff"})
         assert missing.status_code == 404 and "Unknown failure group 'ffffffff'" in missing.text

@@ -36,6 +36,9 @@ MAX_RESULT_WAIT = 30.0
 RESULT_POLL = 0.1
 DEFAULT_FAILED_WINDOW = 3600.0
 DEFAULT_FAILED_LIMIT = 20
+# A window of varied failures makes hundreds of groups, each with an example task: the answer
+# lists the biggest (the command shows 8), and says how many there are.
+DEFAULT_FAILED_GROUPS = 20
 # Celery's READY_STATES: a result exists for these.
 _READY = frozenset({SUCCESS, FAILURE, "REVOKED"})
 
@@ -272,11 +275,14 @@ def failed_tasks(svc: ApiServices, req: ApiRequest) -> ApiResponse:
         name = resolve_name(svc, req["taskname"])
         if name is None:
             raise ApiError(404, f"Unknown task '{req['taskname']}'")
+    max_groups = max(0, min(req["max_groups"], _LIMIT_CEILING))
     now = svc.clock()
-    failures = svc.store.recent_failures(name, window, now)
-    # The command's bound: the newest this many are fingerprinted (``grouped`` says so).
-    grouped = failures[:MAX_GROUPED_FAILURES]
-    groups = _failure_groups(svc, grouped, now - window, now)
+    # The command's bound: the newest this many are fingerprinted (``grouped`` says so). The
+    # summary counts the whole window without reading it, and reads only those.
+    summary = svc.store.failure_summary(name, window, now, MAX_GROUPED_FAILURES)
+    failures = summary.newest
+    groups = _failure_groups(svc, failures, now - window, now)
+    total, grouped, group_count = summary.total, len(failures), len(groups)
     wanted: str | None = req["group"]
     if wanted:
         group = find_group(groups, wanted)
@@ -285,12 +291,14 @@ def failed_tasks(svc: ApiServices, req: ApiRequest) -> ApiResponse:
         groups = [group]
         members = set(group.members)
         failures = [t for t in failures if t.uuid in members]
+        total = len(failures)
     return _json(
         {
             "since": window,
-            "total": len(failures),
-            "grouped": len(grouped),
-            "groups": [_group_dict(g) for g in groups],
+            "total": total,
+            "grouped": grouped,
+            "group_count": group_count,
+            "groups": [_group_dict(g) for g in groups[:max_groups]],
             "tasks": {task.uuid: task_dict(task) for task in failures[:limit]},
         }
     )
@@ -493,11 +501,12 @@ READ_ENDPOINTS: tuple[Endpoint, ...] = (
                 "failure groups (biggest first) and the newest failures",
                 {
                     "type": "object",
-                    "required": ["since", "total", "grouped", "groups", "tasks"],
+                    "required": ["since", "total", "grouped", "group_count", "groups", "tasks"],
                     "properties": {
                         "since": {"type": "number"},
                         "total": {"type": "integer"},
                         "grouped": {"type": "integer"},
+                        "group_count": {"type": "integer"},
                         "groups": {"type": "array", "items": _GROUP_SCHEMA},
                         "tasks": TASK_MAP_SCHEMA,
                     },
@@ -513,6 +522,8 @@ READ_ENDPOINTS: tuple[Endpoint, ...] = (
                   " of 4+ characters)"),
             Param("limit", "integer", default=DEFAULT_FAILED_LIMIT, description="newest"
                   " failures listed"),
+            Param("max_groups", "integer", default=DEFAULT_FAILED_GROUPS, description="biggest"
+                  " groups listed ('group_count' says how many there are)"),
         ),
         tag="chatops",
         description=(
