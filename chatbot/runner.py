@@ -134,7 +134,9 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
         executor.shutdown(wait=False)
         return 1
     api = rest_api(service, approval_actions.post_card)
-    server = make_server(app, service, settings, metrics=metrics, api=api)
+    server = make_server(
+        app, service, settings, metrics=metrics, api=api, records=service.records
+    )
     # On the service's one scheduler (the table of periodic jobs is in chatbot/service.py):
     # every replica takes expired cards' buttons away; each request is expired by one only.
     service.jobs.add(

@@ -33,11 +33,13 @@ from chatbot.slack.client import (
     retry_handlers,
     web_client_from_settings,
 )
+from chatbot.slack.gate import RequestGate
 from chatbot.slack.home import home_view, publish_home
 from chatbot.slack.http import HttpServer, MountedApp, SlackWsgiApp
 from chatbot.slack.interfaces import CommandRunner, SlackServices
 from chatbot.slack.metrics import SlackMetrics
 from chatbot.slack.socket_mode import SocketModeRunner
+from chatbot.store import RecordStore
 
 
 class SlackServer(Protocol):
@@ -58,9 +60,15 @@ def make_server(
     *,
     metrics: SlackMetrics | None = None,
     api: MountedApp | None = None,
+    records: RecordStore | None = None,
 ) -> SlackServer:
     """Socket Mode when ``SLACK_APP_TOKEN`` is set, else HTTP; both on CHATOPS_HOST/PORT,
-    with the REST API (``api``) mounted on the same listener."""
+    with the REST API (``api``) mounted on the same listener.
+
+    In HTTP mode every request to Slack's endpoint passes a :class:`RequestGate` first;
+    ``records`` is where it remembers signed requests, so a replay is answered once (across
+    replicas on Redis).
+    """
     if settings.slack_app_token:
         return SocketModeRunner(
             app,
@@ -71,7 +79,10 @@ def make_server(
             metrics=metrics,
             api=api,
         )
-    return HttpServer(app, services, settings.host, settings.port, metrics=metrics, api=api)
+    gate = RequestGate(settings.slack_signing_secret, records)
+    return HttpServer(
+        app, services, settings.host, settings.port, metrics=metrics, api=api, gate=gate
+    )
 
 
 __all__ = [
@@ -80,6 +91,7 @@ __all__ = [
     "ActionReply",
     "CommandRunner",
     "HttpServer",
+    "RequestGate",
     "SlackMetrics",
     "SlackServer",
     "SlackServices",

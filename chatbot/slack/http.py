@@ -31,6 +31,7 @@ from waitress import wasyncore
 from waitress.server import BaseWSGIServer
 
 from chatbot.slack.app import run_after_response
+from chatbot.slack.gate import RequestGate
 from chatbot.slack.interfaces import SlackServices
 from chatbot.slack.metrics import SlackMetrics
 
@@ -102,9 +103,11 @@ class SlackWsgiApp:
         health: HealthCheck | None = None,
         events_path: str = EVENTS_PATH,
         api: MountedApp | None = None,
+        gate: RequestGate | None = None,
     ) -> None:
         self.app = app
         self.api = api
+        self.gate = gate
         self.services = services
         self.metrics = metrics
         self.health = health if health is not None else services.health
@@ -151,11 +154,21 @@ class SlackWsgiApp:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             return _plain(start_response, 400, "Bad Request")
-        request = BoltRequest(
-            body=text,
-            query=str(environ.get("QUERY_STRING") or ""),
-            headers=_request_headers(environ),
-        )
+        query = str(environ.get("QUERY_STRING") or "")
+        request_headers = _request_headers(environ)
+        if self.gate is not None:
+            verdict = self.gate.check(text, query, request_headers)
+            if verdict.request is None:
+                if verdict.status == 200:  # a replay: acknowledged, not run, nothing to show
+                    start_response(_status_line(200), [("Content-Length", "0")])
+                    return [b""]
+                return _plain(start_response, verdict.status or 400, verdict.reason)
+            request = verdict.request
+        else:
+            try:
+                request = BoltRequest(body=text, query=query, headers=request_headers)
+            except Exception:  # Bolt's body parser: not JSON, not an object...
+                return _plain(start_response, 400, "Bad Request")
         try:
             response: BoltResponse = app.dispatch(request)
         except Exception:
@@ -179,6 +192,8 @@ class SlackWsgiApp:
         except Exception as exc:
             log.exception("the health check failed")
             report = {"ok": False, "reason": f"health check failed: {type(exc).__name__}"}
+        if self.gate is not None:
+            report["http"] = self.gate.health()
         ok = bool(report.get("ok"))
         report["ok"] = ok
         body = json.dumps(report, default=str, sort_keys=True).encode("utf-8")
@@ -249,8 +264,11 @@ class HttpServer:
         health: HealthCheck | None = None,
         threads: int = DEFAULT_THREADS,
         api: MountedApp | None = None,
+        gate: RequestGate | None = None,
     ) -> None:
-        self.wsgi = SlackWsgiApp(app, services, metrics=metrics, health=health, api=api)
+        self.wsgi = SlackWsgiApp(
+            app, services, metrics=metrics, health=health, api=api, gate=gate
+        )
         self.host = host
         self._requested_port = port
         self.threads = threads

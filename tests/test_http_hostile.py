@@ -1,0 +1,220 @@
+"""Abusive HTTP against the real ``celery-chatops run`` (issue 11, findings 4, 6 and 7).
+
+Everything is the product's own wiring (the runner, the Bolt app, the waitress listener) on a
+private Redis broker; Slack is ``MockSlackAPI``. Requests are signed with the app's secret
+where the finding is about what a signed request can do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from chatbot.approvals import APPROVE_ACTION_ID
+from tests.fleet_app import HANG, make_app
+from tests.support import wait_until
+from tests.support.bot import APPROVER, CHANNEL, OPERATOR, Bot, running_bot
+from tests.support.slack_api import MockSlackAPI
+from tests.support.slack_payloads import JSON, block_action_payload, event_callback
+
+
+@pytest.fixture(scope="module")
+def slack() -> Iterator[MockSlackAPI]:
+    with MockSlackAPI() as api:
+        yield api
+
+
+@pytest.fixture(scope="module")
+def bot(redis_url_factory: Callable[[], str], slack: MockSlackAPI) -> Iterator[Bot]:
+    with running_bot(redis_url_factory(), slack) as running:
+        yield running
+
+
+def _problems(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Log records a hostile request must not cause: errors and tracebacks."""
+    return [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.ERROR or r.exc_info
+    ]
+
+
+def _payload(data: Any) -> bytes:
+    return urlencode({"payload": json.dumps(data)}).encode()
+
+
+def _click(slack: MockSlackAPI, **changes: Any) -> bytes:
+    payload = block_action_payload(
+        APPROVE_ACTION_ID,
+        "no-such-approval",
+        user_id=APPROVER,
+        channel_id=CHANNEL,
+        message_ts="1700000000.000100",
+        response_url=slack.response_url("hostile"),
+    )
+    payload.update(changes)
+    return _payload(payload)
+
+
+# -- finding 6: 401/400, never 500 nor a traceback --------------------------------------------
+def test_a_timestamp_that_is_not_a_number_is_401_without_a_traceback(
+    bot: Bot, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    answer = bot.command("help", "ts", headers={"X-Slack-Request-Timestamp": "abc"})
+    assert answer.status == 401
+    answer = bot.command("help", "ts", headers={"X-Slack-Request-Timestamp": "1e9"})
+    assert answer.status == 401
+    answer = bot.command("help", "ts", headers={"X-Slack-Signature": "v0=zz"})
+    assert answer.status == 401
+    assert _problems(caplog) == []
+
+
+def _malformed(slack: MockSlackAPI) -> dict[str, tuple[bytes, str]]:
+    form = "application/x-www-form-urlencoded"
+    view = {
+        "type": "view_submission",
+        "team": {"id": "T0CHATOPS1"},
+        "user": {"id": APPROVER},
+        "view": {"id": "V1", "callback_id": "cb", "state": {"values": {}}},
+    }
+    return {
+        "payload not json": (b"payload={not json", form),
+        "actions empty": (_click(slack, actions=[]), form),
+        "actions not objects": (_click(slack, actions=["x"]), form),
+        "action_id a number": (_click(slack, actions=[{"action_id": 5}]), form),
+        "user a string": (_click(slack, user=APPROVER), form),
+        "channel a number": (_click(slack, channel=3, container="x"), form),
+        "payload a list": (_payload([1, 2, 3]), form),
+        "payload a string": (_payload("x"), form),
+        "view_submission": (_payload(view), form),
+        "json a list": (b"[1,2,3]", JSON),
+        "json event a string": (b'{"type":"event_callback","event":"x"}', JSON),
+        "json unknown type": (b'{"type":"nonsense"}', JSON),
+        "form without anything": (b"a=b", form),
+    }
+
+
+def test_signed_but_malformed_payloads_are_400_without_a_traceback(
+    bot: Bot, slack: MockSlackAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    statuses = {
+        name: bot.post(body, content_type=content_type).status
+        for name, (body, content_type) in _malformed(slack).items()
+    }
+    assert statuses == {name: 400 for name in statuses}
+    assert _problems(caplog) == []
+    # The listener still answers a good request afterwards.
+    assert bot.command("help", "after-malformed").status == 200
+    assert bot.post(event_callback({"type": "app_mention", "user": "U1"}), content_type=JSON)
+
+
+def test_a_10_mb_body_gets_413_not_a_reset(bot: Bot) -> None:
+    body = b"command=%2Fcelery&text=" + b"a" * (10 * 1024 * 1024)
+    answer = bot.post(body)
+    assert answer.status == 413
+
+
+# -- finding 7: a replay is answered once ------------------------------------------------------
+def test_a_replayed_signed_revoke_posts_one_card(
+    redis_url_factory: Callable[[], str], celery_worker: Any
+) -> None:
+    broker = redis_url_factory()
+    celery_worker(broker, concurrency=1)
+    with MockSlackAPI() as slack, running_bot(broker, slack) as bot:
+        task_id = make_app(broker).send_task(HANG, args=(300,)).id
+        # The first ask may find the task unknown yet: ask until the card is posted.
+        timestamp = 0
+        body = b""
+
+        def ask() -> bool:
+            nonlocal timestamp, body
+            slack.clear()
+            timestamp = int(time.time())
+            body = bot.command_body(f"revoke {task_id}", "revoke")
+            assert bot.post(body, timestamp=timestamp).status == 200
+            answers = slack.wait_for_response("revoke", count=1, timeout=15)
+            return "Posted in this channel" in str(answers[-1].params)
+
+        wait_until(ask, timeout=60, what="the approval card posted")
+        cards = slack.wait_for("chat.postMessage", count=1, timeout=10)
+        replays = [bot.post(body, timestamp=timestamp) for _ in range(5)]
+        assert [r.status for r in replays] == [200] * 5
+        assert all(r.body == b"" for r in replays)
+        # A fresh, differently signed request for the same task still gets its answer.
+        slack.clear()
+        assert bot.command(f"revoke {task_id}", "again").status == 200
+        slack.wait_for_response("again", count=1, timeout=15)
+        assert len(slack.calls("chat.postMessage")) == 1
+        assert [c.params["channel"] for c in cards] == [CHANNEL]
+        assert bot.health().json()["http"]["replayed"] == 5
+
+
+# -- finding 4: slow clients ---------------------------------------------------------------
+class Trickle:
+    """``count`` connections each sending one more byte of a request line every second."""
+
+    REQUEST = b"POST /slack/events HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 4096
+
+    def __init__(self, port: int, count: int) -> None:
+        self.sockets: list[socket.socket] = []
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.setblocking(False)
+            self.sockets.append(sock)
+        self.closed_by_server: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        offset = 0
+        while not self._stop.is_set() and offset < len(self.REQUEST):
+            byte = self.REQUEST[offset : offset + 1]
+            for index, sock in enumerate(self.sockets):
+                if index in self.closed_by_server:
+                    continue
+                try:
+                    sock.send(byte)
+                    if sock.recv(1024) == b"":
+                        self.closed_by_server.add(index)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self.closed_by_server.add(index)
+            offset += 1
+            self._stop.wait(1.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_200_trickling_connections_do_not_stop_signed_commands_or_healthz(bot: Bot) -> None:
+    trickle = Trickle(bot.port, 200)
+    try:
+        time.sleep(2)  # every connection has sent a few bytes and is waiting for more
+        for round_ in range(3):
+            assert bot.health(timeout=20).status == 200
+            answer = bot.command("help", f"slow-{round_}", timeout=20)
+            assert answer.status == 200 and answer.body
+        # The server ends connections that take too long to send their headers.
+        wait_until(
+            lambda: len(trickle.closed_by_server) == 200,
+            timeout=90,
+            interval=0.5,
+            what="every trickling connection closed by the server",
+        )
+    finally:
+        trickle.close()
