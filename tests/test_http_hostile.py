@@ -21,7 +21,7 @@ import pytest
 from chatbot.approvals import APPROVE_ACTION_ID
 from tests.fleet_app import HANG, make_app
 from tests.support import wait_until
-from tests.support.bot import APPROVER, CHANNEL, OPERATOR, Bot, running_bot
+from tests.support.bot import APPROVER, CHANNEL, Bot, running_bot
 from tests.support.slack_api import MockSlackAPI
 from tests.support.slack_payloads import JSON, block_action_payload, event_callback
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import waitress
 from slack_bolt import App, BoltRequest, BoltResponse
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer
 
 from chatbot.slack.app import run_after_response
@@ -49,9 +51,23 @@ MAX_BODY_BYTES = 1024 * 1024
 # Slack's headers (signature, timestamp, a proxy's forwarding headers) are a few hundred bytes;
 # waitress would take 256 KiB.
 MAX_HEADER_BYTES = 32 * 1024
-# Slack, a Prometheus scraper and an orchestrator's health probe: waitress's default of 100
-# open connections is plenty; past it, new connections wait in the listen backlog.
-CONNECTION_LIMIT = 100
+# The connection budget. Slack, a Prometheus scraper and a health probe need a handful, but
+# every connection counts against it, finished or not: with waitress's default of 100, 100
+# clients trickling a header byte a second (its idle timeout never fires while bytes arrive)
+# kept every signed request and /healthz waiting in the listen backlog. Reading a request is
+# cheap (the loop reads, only complete requests reach a thread), so the budget is large and
+# the deadlines below are what frees it: a slow client is closed within READ_HEADERS_SECONDS.
+CONNECTION_LIMIT = 1000
+# From a request's first byte (or the connection's opening) to the end of its headers, and to
+# the end of its body. Slack sends a request in one go; these only bound abusive clients.
+READ_HEADERS_SECONDS = 10.0
+READ_BODY_SECONDS = 30.0
+# After answering an error (413, 431) or closing a slow client, the connection is closed for
+# writing and what the client still sends is read and dropped, for at most this long and this
+# many bytes, before the socket closes ("lingering close"): closing a socket with unread input
+# resets it, and the client (still sending its 10 MB) sees a reset instead of the 413.
+LINGER_SECONDS = 10.0
+LINGER_MAX_BYTES = 32 * 1024 * 1024
 # An idle keep-alive connection is closed after this (waitress: 120 s), checked this often.
 IDLE_CONNECTION_SECONDS = 30
 IDLE_CHECK_SECONDS = 10
@@ -104,10 +120,12 @@ class SlackWsgiApp:
         events_path: str = EVENTS_PATH,
         api: MountedApp | None = None,
         gate: RequestGate | None = None,
+        listener: ListenerCounters | None = None,
     ) -> None:
         self.app = app
         self.api = api
         self.gate = gate
+        self.listener = listener
         self.services = services
         self.metrics = metrics
         self.health = health if health is not None else services.health
@@ -192,8 +210,13 @@ class SlackWsgiApp:
         except Exception as exc:
             log.exception("the health check failed")
             report = {"ok": False, "reason": f"health check failed: {type(exc).__name__}"}
+        http: dict[str, int] = {}
         if self.gate is not None:
-            report["http"] = self.gate.health()
+            http.update(self.gate.health())
+        if self.listener is not None:
+            http.update(self.listener.as_dict())
+        if http:
+            report["http"] = http
         ok = bool(report.get("ok"))
         report["ok"] = ok
         body = json.dumps(report, default=str, sort_keys=True).encode("utf-8")
@@ -245,6 +268,122 @@ def _request_headers(environ: WSGIEnvironment) -> dict[str, str | Sequence[str]]
     return headers
 
 
+class ListenerCounters:
+    """What the listener did to protect itself; shown in ``/healthz`` under ``http``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.slow_clients_closed = 0
+        self.lingering_closes = 0
+
+    def count(self, what: str) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "slow_clients_closed": self.slow_clients_closed,
+                "lingering_closes": self.lingering_closes,
+            }
+
+
+class GuardedChannel(HTTPChannel):  # waitress has no type hints
+    """waitress's connection, with read deadlines and a lingering close.
+
+    waitress closes a connection only after ``channel_timeout`` seconds *without a byte*; this
+    one also closes it when a request is not read in full within :data:`READ_HEADERS_SECONDS`
+    (headers) or :data:`READ_BODY_SECONDS` (body) of its first byte, however steadily the bytes
+    trickle. The deadlines are checked in ``readable()``, which waitress's loop asks of every
+    connection on each turn (at least once a second, ``asyncore_loop_timeout``). Every close
+    it initiates goes through a lingering close (see :data:`LINGER_SECONDS`).
+
+    Runs only on waitress's loop thread, like every channel method used here.
+    """
+
+    counters = ListenerCounters()  # replaced per server (see HttpServer.start)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._opened = time.monotonic()
+        self._request_started: float | None = None
+        self._served = False
+        self._lingering_until: float | None = None
+        self._lingered_bytes = 0
+        self._closed = False
+
+    def received(self, data: bytes) -> bool:
+        before = self.request
+        result = bool(super().received(data))
+        if self.request is None:
+            self._request_started = None
+        elif self.request is not before:
+            self._request_started = time.monotonic()
+        if self.requests:
+            self._served = True
+        return result
+
+    def readable(self) -> bool:
+        now = time.monotonic()
+        if self._lingering_until is not None:
+            if now > self._lingering_until:
+                self._close_now()
+                return False
+            return True
+        if not (self.will_close or self.close_when_flushed or self.requests):
+            self._check_deadlines(now)
+        return bool(super().readable())
+
+    def writable(self) -> bool:
+        return self._lingering_until is None and bool(super().writable())
+
+    def _check_deadlines(self, now: float) -> None:
+        request = self.request
+        if request is not None and self._request_started is not None:
+            limit = READ_BODY_SECONDS if request.headers_finished else READ_HEADERS_SECONDS
+            late = now - self._request_started > limit
+        else:
+            # Opened and silent: the first request must start within the header deadline
+            # (an idle keep-alive connection between requests is waitress's channel_timeout).
+            late = not self._served and now - self._opened > READ_HEADERS_SECONDS
+        if late:
+            self.counters.count("slow_clients_closed")
+            self.will_close = True
+
+    def handle_read(self) -> None:
+        if self._lingering_until is None:
+            super().handle_read()
+            return
+        try:
+            data = self.socket.recv(64 * 1024)
+        except OSError:
+            data = b""
+        self._lingered_bytes += len(data)
+        if not data or self._lingered_bytes > LINGER_MAX_BYTES:
+            self._close_now()
+
+    def handle_close(self) -> None:
+        if self._closed:
+            return
+        if self._lingering_until is None and self.connected and not self.total_outbufs_len:
+            try:
+                self.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._close_now()
+                return
+            self.counters.count("lingering_closes")
+            self._lingering_until = time.monotonic() + LINGER_SECONDS
+            self.will_close = False
+            self.close_when_flushed = False
+            return
+        self._close_now()
+
+    def _close_now(self) -> None:
+        if not self._closed:
+            self._closed = True
+            super().handle_close()
+
+
 class HttpServer:
     """:class:`SlackWsgiApp` on waitress in a background thread.
 
@@ -266,8 +405,15 @@ class HttpServer:
         api: MountedApp | None = None,
         gate: RequestGate | None = None,
     ) -> None:
+        self.counters = ListenerCounters()
         self.wsgi = SlackWsgiApp(
-            app, services, metrics=metrics, health=health, api=api, gate=gate
+            app,
+            services,
+            metrics=metrics,
+            health=health,
+            api=api,
+            gate=gate,
+            listener=self.counters,
         )
         self.host = host
         self._requested_port = port
@@ -316,6 +462,12 @@ class HttpServer:
             channel_timeout=IDLE_CONNECTION_SECONDS,
             cleanup_interval=IDLE_CHECK_SECONDS,
         )
+        # Every connection is a GuardedChannel counting into this server's counters.
+        # ``channel_class`` is the attribute waitress's handle_accept instantiates.
+        channel_class = type("GuardedChannel", (GuardedChannel,), {"counters": self.counters})
+        for item in list(self._map.values()):
+            if isinstance(item, BaseWSGIServer):
+                item.channel_class = channel_class
         self._thread = threading.Thread(
             target=self._serve, args=(self._server,), name="chatops-http", daemon=True
         )
@@ -344,9 +496,7 @@ class HttpServer:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
-        listeners = [
-            item for item in list(self._map.values()) if isinstance(item, BaseWSGIServer)
-        ]
+        listeners = [item for item in list(self._map.values()) if isinstance(item, BaseWSGIServer)]
         for listener in listeners:
             wasyncore.dispatcher.close(listener)
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=_DRAIN_SECONDS)
