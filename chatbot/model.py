@@ -197,6 +197,9 @@ class StreamHealth:
     broker: str = ""
     reconnects: int = 0
     disconnects_by_server: int = 0  # e.g. Redis closed a subscriber that fell behind: events lost
+    # Changes a writer applied but never wrote to the shared store (it lost the ingest lease
+    # while the store was unreachable, and its successor writes now): events lost too.
+    changes_lost: int = 0
     last_error: str | None = None
     lag_events: int = 0  # received from the broker but not yet applied
     # Dropped messages and events per reason (a small fixed set: chatbot.consumer.DROP_REASONS),

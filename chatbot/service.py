@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -43,6 +44,11 @@ from chatbot.store.records import MemoryRecordStore
 logger = logging.getLogger(__name__)
 
 QUEUE_CACHE_SECONDS = 10.0
+# /healthz never calls the shared state store itself (a hung Redis would hang the probe):
+# a background thread reads the store's facts this often, and /healthz serves the last
+# reading, or 503 when it is older than STORE_FACTS_STALE_SECONDS (the read is stuck).
+STORE_FACTS_SECONDS = 1.0
+STORE_FACTS_STALE_SECONDS = 5.0
 DISCOVERY_JOB = "worker-discovery"
 LOCAL_LEASE_WAIT = 5.0
 
@@ -58,6 +64,59 @@ def make_celery_app(settings: Settings) -> Celery:
     # Control replies and broadcasts must not hang a request thread on a dead broker.
     app.conf.broker_connection_timeout = settings.control_timeout
     return app
+
+
+@dataclass(frozen=True)
+class StoreFacts:
+    """One reading of the shared state store, for /healthz."""
+
+    at: float  # time.monotonic() of the reading
+    stream: StreamHealth | None
+    tasks_retained: int | None
+    error: str | None
+
+
+class StoreFactsReader:
+    """Reads the shared store's health in a thread of its own, so /healthz never waits on it."""
+
+    def __init__(self, read: Callable[[], tuple[StreamHealth, int]]) -> None:
+        self._read = read
+        self._latest: StoreFacts | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def latest(self) -> StoreFacts | None:
+        return self._latest
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="chatops-store-facts", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(STORE_FACTS_STALE_SECONDS)
+
+    def read_once(self) -> StoreFacts:
+        try:
+            stream, tasks = self._read()
+            facts = StoreFacts(time.monotonic(), stream, tasks, None)
+        except Exception as exc:  # StoreUnavailable, or anything a broken store raises
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            facts = StoreFacts(time.monotonic(), None, None, reason or type(exc).__name__)
+        self._latest = facts
+        return facts
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.read_once()
+            self._stop.wait(STORE_FACTS_SECONDS)
 
 
 class Service:
@@ -148,6 +207,11 @@ class Service:
             first_after=min(self.discovery.interval, FIRST_LOOK_AFTER),
         )
         self.started_at: float | None = None
+        self.store_facts: StoreFactsReader | None = (
+            StoreFactsReader(self._read_store_facts)
+            if self.stores is not None and self.stores.backend == "redis"
+            else None
+        )
         if web_client is not None and settings.alert_channel:
             self._wire_alerts()
 
@@ -178,6 +242,8 @@ class Service:
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         self.started_at = self.clock()
+        if self.store_facts is not None:
+            self.store_facts.start()
         self.jobs.start()
         if self.stores is not None:
             self.stores.start(on_acquired=self._start_ingest, on_lost=self._stop_ingest)
@@ -194,6 +260,8 @@ class Service:
         else:
             self._stop_ingest()
         self.jobs.shutdown()
+        if self.store_facts is not None:
+            self.store_facts.stop()
         if self.alert_sender is not None:
             self.alert_sender.stop()
         self.broker.close()
@@ -297,24 +365,53 @@ class Service:
             self._queue_cache = (now, lengths)
         return lengths
 
+    def _read_store_facts(self) -> tuple[StreamHealth, int]:
+        return self.stream_health(), len(self.store)
+
     def health(self) -> dict[str, Any]:
-        """``ok`` once the event consumer is connected; otherwise the reason."""
-        stream = self.stream_health()
+        """``ok`` once the event consumer is connected and the state store answers; otherwise
+        the reason. Never waits on the shared state store (see :class:`StoreFactsReader`)."""
+        tasks_retained: int | None
+        store_problem: str | None
+        if self.store_facts is None:
+            stream, tasks_retained = self._read_store_facts()  # in memory: no I/O
+            store_problem = None
+        else:
+            facts = self.store_facts.latest
+            if facts is None:
+                facts = StoreFacts(time.monotonic(), None, None, "not read yet")
+            age = time.monotonic() - facts.at
+            stream = facts.stream if facts.stream is not None else StreamHealth()
+            tasks_retained = facts.tasks_retained
+            if facts.error is not None:
+                store_problem = f"the state store is unavailable: {facts.error}"
+            elif age > STORE_FACTS_STALE_SECONDS:
+                store_problem = (
+                    f"the state store is unavailable: no answer for {age:.0f} s"
+                    f" ({redact_url(self.settings.state_url)})"
+                )
+            else:
+                store_problem = None
+            if store_problem is not None and self.consumer is not None:
+                # What this replica's own consumer knows does not need the store.
+                stream = self.consumer.health_into(StreamHealth())
         now = self.clock()
         report: dict[str, Any] = {
-            "ok": stream.connected or not self._consume_events,
+            "ok": (stream.connected or not self._consume_events) and store_problem is None,
             "broker": redact_url(self.settings.broker_url),
             "state": redact_url(self.settings.state_url),
             "events_total": stream.events_total,
             "malformed": stream.malformed,
             "reconnects": stream.reconnects,
-            "event_loss_detected": stream.disconnects_by_server,
+            "event_loss_detected": stream.disconnects_by_server + stream.changes_lost,
             "last_event_age": None
             if stream.last_event_at is None
             else round(now - stream.last_event_at, 3),
-            "tasks_retained": len(self.store),
+            "tasks_retained": tasks_retained,
         }
-        if not report["ok"]:
+        if store_problem is not None:
+            report["reason"] = store_problem
+        elif not report["ok"]:
             report["reason"] = (
                 f"event consumer not connected to the broker: {stream.last_error}"
                 if stream.last_error

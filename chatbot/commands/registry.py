@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from chatbot.commands.context import CommandContext
 from chatbot.commands.parser import ArgSpec, ParsedArgs, UsageError, parse_args, split_command_line
 from chatbot.render import Message, Renderer
+from chatbot.store.redis.connection import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,10 @@ class Dispatcher:
         except UsageError as exc:  # found while running: an unknown id, worker or name
             exc.command = exc.command or spec.name
             return self.usage_error(exc)
+        except StoreUnavailable as exc:
+            # Not a bug: a dependency is down, and the person asking should know which.
+            logger.warning("command %r: %s", spec.name, exc)
+            return self.store_unavailable(spec.name, exc)
         except Exception:
             # Anything else is our bug or a dependency failing: log it in full, say one line.
             reference = uuid.uuid4().hex[:8]
@@ -175,6 +180,16 @@ class Dispatcher:
             error=str(error),
             usage=f"{self.prefix} {spec.usage if spec else ROOT_USAGE}",
             help_hint=f"{self.prefix} help {spec.name}" if spec else f"{self.prefix} help",
+        )
+
+    def store_unavailable(self, name: str, error: StoreUnavailable) -> Message:
+        reason = str(error).removeprefix("state store unavailable: ")
+        return self.renderer.render(
+            "error.json.j2",
+            error=f"The state store is unavailable ({reason}), so {name!r} cannot answer now."
+            " Try again in a moment.",
+            usage="",
+            help_hint="",
         )
 
     def internal_error(self, name: str, reference: str) -> Message:

@@ -31,6 +31,7 @@ from chatbot.store.lease import Lease, LeaseKeeper, LeaseLike, MemoryLease
 from chatbot.store.memory import MemoryStore
 from chatbot.store.records import MemoryRecordStore
 from chatbot.store.redis import RedisClient, RedisFleetStore, RedisRecordStore, connect
+from chatbot.store.redis.connection import connect_for_requests
 from chatbot.store.snapshot import SnapshotWriter
 
 __all__ = ["INGEST_LEASE", "Stores", "open_stores"]
@@ -53,6 +54,7 @@ class Stores:
     backend: str  # "memory" or "redis"
     snapshot: SnapshotWriter | None = None
     client: RedisClient | None = None
+    request_client: RedisClient | None = None
     keeper: LeaseKeeper | None = None
     renew_every: float | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
@@ -119,8 +121,9 @@ class Stores:
             self.fleet.close()
         if self.snapshot is not None:
             self.snapshot.stop(timeout=timeout)
-        if self.client is not None:
-            self.client.close()
+        for client in (self.client, self.request_client):
+            if client is not None:
+                client.close()
 
 
 def open_stores(
@@ -153,20 +156,26 @@ def open_stores(
             renew_every=renew_every,
         )
     if scheme in {"redis", "rediss"}:
+        # Two clients (see chatbot/store/redis/connection.py): commands, clicks and the HTTP
+        # gate read through one with short timeouts that fails fast while Redis hangs; the
+        # writer and the lease keeper, in the background, through a patient one.
         client = connect(settings.state_url)
+        requests = connect_for_requests(settings.state_url)
         prefix = settings.state_prefix or "chatops"
         return Stores(
             fleet=RedisFleetStore(
-                client,
+                requests,
                 prefix,
                 max_tasks=settings.max_tasks,
                 max_workers=settings.max_workers,
                 redact_keys=settings.redact_keys,
+                writer_client=client,
             ),
-            records=RedisRecordStore(client, prefix),
+            records=RedisRecordStore(requests, prefix),
             lease=Lease(client, INGEST_LEASE, lease_ttl, prefix=prefix),
             backend="redis",
             client=client,
+            request_client=requests,
             renew_every=renew_every,
         )
     raise ValueError(f"CHATOPS_STATE_URL: unsupported scheme {scheme}://")

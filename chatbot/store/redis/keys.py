@@ -212,6 +212,9 @@ class Keys:
         self.health = f"{p}:health"
         self.live = f"{p}:health:live"
         self.mark = f"{p}:mark"
+        # Changes writers could not write before handing over: kept out of fleet_patterns,
+        # so a resync after Redis came back empty does not forget that events were lost.
+        self.lost = f"{p}:lost"
         self.metric_events = f"{p}:metrics:events"
         self.metric_runtimes = f"{p}:metrics:runtimes"
         self.metric_dropped = f"{p}:metrics:dropped"

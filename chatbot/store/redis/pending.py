@@ -38,6 +38,8 @@ class WriterState:
     samples_taken: int = 0
     fence: Callable[[], bool] | None = None
     final_flush: bool = True
+    # Task and worker records still unwritten when the thread ended without a final flush.
+    unwritten: int = 0
     shadow: dict[str, Indexed] | None = None
     name_counts: Counter[str] | None = None
     names_seen: OrderedDict[str, None] | None = None

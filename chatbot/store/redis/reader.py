@@ -182,7 +182,8 @@ class RedisFleetReader:
             pipe = self.client.pipeline(transaction=False)
             pipe.get(self.keys.health)
             pipe.get(self.keys.live)
-            raw, raw_live = pipe.execute()
+            pipe.get(self.keys.lost)
+            raw, raw_live, raw_lost = pipe.execute()
         health = StreamHealth()
         with contextlib.suppress(ValueError, TypeError):
             if raw:
@@ -199,6 +200,8 @@ class RedisFleetReader:
                 for reason, count in dict(live.get("malformed_by_reason") or {}).items():
                     by_reason = health.malformed_by_reason
                     by_reason[str(reason)] = by_reason.get(str(reason), 0) + int(count)
+        with contextlib.suppress(ValueError, TypeError):
+            health.changes_lost = int(raw_lost or 0)
         return health
 
     def fleet_counters(self) -> FleetCounters:

@@ -33,7 +33,13 @@ from chatbot.config import DEFAULT_REDACT_KEYS
 from chatbot.model import StreamHealth
 from chatbot.redaction import FieldLimits
 from chatbot.store.memory import MemoryStore
-from chatbot.store.redis.connection import DEFAULT_PREFIX, RedisClient, StoreUnavailable, where
+from chatbot.store.redis.connection import (
+    DEFAULT_PREFIX,
+    RedisClient,
+    StoreUnavailable,
+    guard,
+    where,
+)
 from chatbot.store.redis.pending import WriterState
 from chatbot.store.redis.reader import RedisFleetReader
 from chatbot.store.redis.writer import LOADING, READER, WRITING, FleetWriter
@@ -70,10 +76,16 @@ class RedisFleetStore(RedisFleetReader, FleetWriter):
         live_interval: float = 1.0,
         counters_interval: float = 5.0,
         load_buffer: int = 200_000,
+        writer_client: RedisClient | None = None,
     ) -> None:
         if max_tasks < 1 or max_workers < 1:
             raise ValueError("max_tasks and max_workers must be at least 1")
         super().__init__(client_or_url, prefix)
+        # Reads (commands, clicks) go through ``client``, which the factory gives short
+        # timeouts; the writer's load and big transactions through this patient one.
+        self.writer_client: RedisClient = (
+            writer_client if writer_client is not None else self.client
+        )
         self.max_tasks = max_tasks
         self.max_workers = max_workers
         self.clock = clock
@@ -109,6 +121,8 @@ class RedisFleetStore(RedisFleetReader, FleetWriter):
         self.load_seconds: float | None = None
         self.tasks_loaded: int | None = None
         self.records_skipped = 0
+        self._lost_unrecorded = 0  # see _count_lost
+        self._lost_lock = threading.Lock()
 
     # ------------------------------------------------------------------ writer lifecycle
     @property
@@ -206,6 +220,44 @@ class RedisFleetStore(RedisFleetReader, FleetWriter):
         with self._mode_lock:
             if self._writer is writer:
                 self._writer = None
+        if writer.unwritten:
+            self._count_lost(writer.unwritten)
+
+    def health(self) -> StreamHealth:
+        """The shared health; a loss this replica could not record yet is recorded first
+        (best effort: it stays counted here until Redis takes it)."""
+        self._record_lost()
+        health = super().health()
+        with self._lost_lock:
+            health.changes_lost += self._lost_unrecorded
+        return health
+
+    def _count_lost(self, unwritten: int) -> None:
+        """Say that ``unwritten`` changes never reached Redis, in its shared counter (every
+        replica's ``health().changes_lost``, ``event_loss_detected`` in /healthz). Redis may
+        not answer now (the loss happens in an outage): then it is recorded by a later
+        :meth:`health`, and counted in this replica's own health until then."""
+        log.warning(
+            "Event loss: %d task and worker changes were never written to the state store"
+            " (the ingest lease moved while it did not answer)",
+            unwritten,
+        )
+        with self._lost_lock:
+            self._lost_unrecorded += unwritten
+        self._record_lost()
+
+    def _record_lost(self) -> None:
+        with self._lost_lock:
+            unrecorded = self._lost_unrecorded
+        if not unrecorded:
+            return
+        try:
+            with guard(self.client):
+                self.client.incrby(self.keys.lost, unrecorded)
+        except StoreUnavailable:
+            return
+        with self._lost_lock:
+            self._lost_unrecorded -= unrecorded
 
     def close(self) -> None:
         self.stop_writer(flush=True)

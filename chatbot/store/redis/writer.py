@@ -32,7 +32,7 @@ import redis.exceptions
 from chatbot.model import FleetCounters, RuntimeHistogram, StreamHealth, Task
 from chatbot.store.codec import dumps, health_from_dict, health_to_dict, worker_to_dict
 from chatbot.store.memory import MAX_EVENT_TYPES, MAX_LABEL_SETS
-from chatbot.store.redis.connection import RedisClient, text, unavailable
+from chatbot.store.redis.connection import RedisClient, breaker_for, text, unavailable
 from chatbot.store.redis.keys import FleetScripts, Keys, indexed
 from chatbot.store.redis.pending import Pending, Plan, WriterState
 from chatbot.store.redis.values import (
@@ -66,6 +66,7 @@ class FleetWriter:
 
     # Owned and set up by the store.
     client: RedisClient
+    writer_client: RedisClient
     keys: Keys
     scripts: FleetScripts
     flush_interval: float
@@ -114,8 +115,8 @@ class FleetWriter:
             if writer.stop.is_set():
                 return False
             try:
-                raw_tasks = dict(self.client.hscan_iter(keys.tasks, count=2000))
-                pipe = self.client.pipeline(transaction=False)
+                raw_tasks = dict(self.writer_client.hscan_iter(keys.tasks, count=2000))
+                pipe = self.writer_client.pipeline(transaction=False)
                 pipe.hgetall(keys.workers)
                 pipe.get(keys.health)
                 pipe.zrange(keys.seen, 0, -1)
@@ -186,6 +187,9 @@ class FleetWriter:
             stopping = writer.stop.is_set()
             if stopping:
                 if not writer.final_flush:
+                    # Another replica writes now: what this one could not write is lost.
+                    pending.merge(writer.memory.drain_changes(), writer.shadow or {})
+                    writer.unwritten = pending.size()
                     return
                 if stop_deadline is None:
                     stop_deadline = time.monotonic() + 5.0
@@ -219,6 +223,7 @@ class FleetWriter:
             except _Fenced:
                 if stopping:
                     log.warning("Stopping unconfirmed: %d changes not written", pending.size())
+                    writer.unwritten = pending.size()
                     return
                 failing = True  # retried without waiting for new events
                 writer.stop.wait(_BACKOFF_FIRST)
@@ -230,6 +235,7 @@ class FleetWriter:
                 failing = True
                 if stopping and stop_deadline is not None and time.monotonic() > stop_deadline:
                     log.warning("Stopping with %d unwritten records", pending.size())
+                    writer.unwritten = pending.size()
                     return
                 if stopping:
                     time.sleep(backoff)
@@ -241,6 +247,8 @@ class FleetWriter:
                 log.info("Redis answers again; pending changes written")
             failing = False
             backoff = _BACKOFF_FIRST
+            # Redis answers: reads need not wait out a breaker tripped during the outage.
+            breaker_for(self.client).answered()
             self.available = True
             self.last_error = None
             self._pending_count = 0
@@ -252,7 +260,7 @@ class FleetWriter:
                 return
 
     def _mark_failure(self, exc: BaseException) -> None:
-        message = str(unavailable(self.client, exc))
+        message = str(unavailable(self.writer_client, exc))
         if self.available or message != self.last_error:
             log.warning("%s; changes are kept and written when it answers", message)
         self.available = False
@@ -277,7 +285,7 @@ class FleetWriter:
                 runtime_samples=self._runtime_samples,
                 max_task_names=self._max_task_names,
             )
-            pipe = self.client.pipeline(transaction=True)
+            pipe = self.writer_client.pipeline(transaction=True)
             pipe.get(self.keys.mark)
             plan.emit(pipe, self.scripts.write_tasks)
             if last:
@@ -344,7 +352,7 @@ class FleetWriter:
         dropped = current.labels_dropped != published.labels_dropped
         if not events and not runtimes and not dropped:
             return
-        pipe = self.client.pipeline(transaction=True)
+        pipe = self.writer_client.pipeline(transaction=True)
         if events:
             pipe.hset(self.keys.metric_events, mapping=dict(events))  # type: ignore[arg-type]
         if runtimes:
@@ -384,13 +392,13 @@ class FleetWriter:
     def _delete_fleet_keys(self) -> None:
         for pattern in self.keys.fleet_patterns():
             batch: list[str] = []
-            for key in self.client.scan_iter(match=pattern, count=1000):
+            for key in self.writer_client.scan_iter(match=pattern, count=1000):
                 batch.append(text(key))
                 if len(batch) >= 1000:
-                    self.client.delete(*batch)
+                    self.writer_client.delete(*batch)
                     batch.clear()
             if batch:
-                self.client.delete(*batch)
+                self.writer_client.delete(*batch)
 
     def _combined_health(self, writer: WriterState) -> StreamHealth:
         """The writer's counters on top of those stored before it took over."""

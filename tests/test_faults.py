@@ -1,0 +1,190 @@
+"""Hung and lost dependencies under the real ``celery-chatops run`` (issue 11, findings 5, 8).
+
+A dependency is hung the way a real one hangs: its ``redis-server`` process is stopped with
+SIGSTOP (connections stay open, nothing answers) and resumed with SIGCONT. Every test resumes
+what it stopped, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from chatbot.approvals import APPROVE_ACTION_ID
+from chatbot.demo.embedded import EmbeddedRedis
+from chatbot.store.redis import RedisFleetStore, StoreUnavailable, connect
+from chatbot.store.redis.connection import connect_for_requests
+from tests.fleet_app import ADD, HANG, make_app
+from tests.support import wait_until
+from tests.support.bot import APPROVER, CHANNEL, Bot, HttpAnswer, running_bot
+from tests.support.slack_api import MockSlackAPI
+from tests.support.task_events import run_task
+
+
+@contextmanager
+def stopped(server: EmbeddedRedis) -> Iterator[None]:
+    """``server`` hung (SIGSTOP) inside the block, resumed (SIGCONT) on the way out."""
+    pid = server.pid
+    assert pid is not None, "the server is not running"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _answer_text(answer: Any) -> str:
+    return json.dumps(answer.json()) if answer.body else ""
+
+
+def _button(blocks: list[dict[str, Any]], action_id: str) -> str:
+    for block in blocks:
+        for element in block.get("elements") or ():
+            if element.get("action_id") == action_id:
+                return str(element["value"])
+    raise AssertionError(f"no {action_id} button in {blocks}")
+
+
+def _knows(bot: Bot, task_id: str, name: str) -> bool:
+    answer = bot.command(f"task {task_id}", name)
+    return answer.status == 200 and task_id in _answer_text(answer)
+
+
+def test_a_hung_state_redis_is_told_not_waited_on_and_loses_no_events(
+    redis_url_factory: Callable[[], str],
+    embedded_redis: Callable[..., EmbeddedRedis],
+    celery_worker: Any,
+) -> None:
+    broker = redis_url_factory()
+    state = embedded_redis()
+    celery_worker(broker, concurrency=2)
+    fleet = make_app(broker)
+    broker_client = redis.Redis.from_url(broker, socket_timeout=5)
+    with MockSlackAPI() as slack, running_bot(
+        broker, slack, CHATOPS_STATE_URL=state.url_for(1)
+    ) as bot:
+        hanging = fleet.send_task(HANG, args=(300,)).id
+        wait_until(lambda: _knows(bot, hanging, "seen"), timeout=60, what="the task in the store")
+        # An approval card to click during the outage.
+        slack.clear()
+        assert bot.command(f"revoke {hanging}", "revoke").status == 200
+        card = slack.wait_for("chat.postMessage", count=1, timeout=30)[-1]
+        # Its place is recorded before the asker is told (so before the outage begins).
+        wait_until(
+            lambda: "Posted in this channel" in json.dumps(slack.responses("revoke")[-1].params)
+            if slack.responses("revoke") else None,
+            timeout=30, what="the asker told where the card is",
+        )
+        approval_id = _button(card.params["blocks"], APPROVE_ACTION_ID)
+        done_before = fleet.send_task(ADD, args=(1, 2)).id
+        wait_until(lambda: _knows(bot, done_before, "seen2"), timeout=60, what="a done task")
+
+        with stopped(state):
+            # A command that reads the store says the store is unavailable.
+            answer = bot.command(f"task {hanging}", "during", timeout=60)
+            assert answer.status == 200
+            assert "state store is unavailable" in _answer_text(answer).lower()
+            # /healthz keeps answering (a hang shows as status 0), and turns 503 with the reason.
+            answers: list[HttpAnswer] = []
+
+            def unhealthy() -> bool:
+                answers.append(bot.health(timeout=5))
+                return answers[-1].status == 503
+
+            wait_until(unhealthy, timeout=30, interval=0.2, what="/healthz 503")
+            assert [a for a in answers if a.status not in (200, 503)] == []
+            assert "state store is unavailable" in answers[-1].json()["reason"]
+            # An Approve click is acknowledged and the clicker is told nothing was done.
+            click = bot.click_body(
+                APPROVE_ACTION_ID, approval_id, "approve", user_id=APPROVER,
+                message_ts=str(card.response["ts"]),
+            )
+            assert bot.post(click, timeout=60).status == 200
+            told = slack.wait_for_response("approve", count=1, timeout=60)[-1]
+            assert "unavailable" in json.dumps(told.params).lower()
+            # Tasks run meanwhile: their events arrive while the store cannot be written.
+            during = [fleet.send_task(ADD, args=(i, i)).id for i in range(10)]
+            wait_until(
+                lambda: broker_client.llen("celery") == 0, timeout=60, what="the tasks taken"
+            )
+            time.sleep(2)  # their events reach the bot while the store is still hung
+
+        # Resumed: the events kept meanwhile are written, or counted as lost.
+        def all_known_or_counted() -> bool:
+            report = bot.health(timeout=30).json()
+            lost = int(report.get("event_loss_detected") or 0)
+            known = sum(_knows(bot, t, "after") for t in during)
+            return known == len(during) or lost > 0
+
+        wait_until(all_known_or_counted, timeout=90, interval=1, what="events kept or counted")
+        assert all(_knows(bot, t, "after") for t in during)
+        wait_until(lambda: bot.health().status == 200, timeout=60, what="healthy again")
+        assert CHANNEL
+
+
+def test_a_writer_that_hands_over_during_an_outage_counts_what_it_could_not_write(
+    embedded_redis: Callable[..., EmbeddedRedis],
+) -> None:
+    state = embedded_redis()
+    url = state.url_for(1)
+    store = RedisFleetStore(
+        connect_for_requests(url), "handover", writer_client=connect(url, socket_timeout=1.0)
+    )
+    store.start_writer(wait=True, timeout=30)
+    before = run_task(store, time.time())
+    assert store.flush(timeout=30)
+    with stopped(state):
+        during = [run_task(store, time.time()) for _ in range(10)]
+        # The lease moved to another replica meanwhile: this one stops without writing.
+        store.stop_writer(flush=False)
+    # The loss happened while Redis was hung; the old writer records it once Redis answers
+    # (its service reads health every second), and meanwhile counts it in its own health.
+    wait_until(lambda: _answers(store), timeout=30, what="Redis answering again")
+    assert store.health().changes_lost >= 10
+    successor = RedisFleetStore(connect_for_requests(url), "handover")
+    try:
+        health = successor.health()
+        assert health.changes_lost >= 10  # every replica sees the loss
+        assert successor.get_task(before) is not None
+        assert all(successor.get_task(t) is None for t in during)
+    finally:
+        successor.close()
+        store.close()
+
+
+def test_a_hung_state_redis_fails_reads_fast_and_recovers(
+    embedded_redis: Callable[..., EmbeddedRedis],
+) -> None:
+    state = embedded_redis()
+    store = RedisFleetStore(connect_for_requests(state.url_for(2)), "hung")
+    try:
+        assert store.health().events_total == 0
+        with stopped(state):
+            errors = []
+            for _ in range(5):
+                try:
+                    store.health()
+                except StoreUnavailable as exc:
+                    errors.append(str(exc))
+            assert len(errors) == 5
+            # The first read waited for its timeout; the others were refused by the breaker
+            # with the same reason, without a call.
+            assert len(set(errors)) == 1 and "Timeout" in errors[0]
+        wait_until(lambda: _answers(store), timeout=30, what="reads answered again")
+    finally:
+        store.close()
+
+
+def _answers(store: RedisFleetStore) -> bool:
+    try:
+        store.health()
+    except StoreUnavailable:
+        return False
+    return True
