@@ -188,3 +188,48 @@ def _answers(store: RedisFleetStore) -> bool:
     except StoreUnavailable:
         return False
     return True
+
+
+def test_alert_posts_waiting_out_429s_show_in_healthz(
+    redis_url_factory: Callable[[], str], celery_worker: Any
+) -> None:
+    broker = redis_url_factory()
+    celery_worker(broker, concurrency=1)
+    alerts = "C0ALERTS01"
+    with MockSlackAPI() as slack:
+        slack.set_channel(alerts, is_member=True)
+        slack.rate_limit_next("chat.postMessage", retry_after=1, count=2)
+        with running_bot(
+            broker, slack, CHATOPS_ALERT_CHANNEL=alerts, CHATOPS_CHECK_INTERVAL="1",
+            CHATOPS_STUCK_AFTER="2",
+        ) as bot:
+            task_id = make_app(broker).send_task(HANG, args=(300,)).id
+
+            def alert_posted() -> bool:
+                return any(
+                    c.params.get("channel") == alerts and task_id in json.dumps(c.params)
+                    and c.status == 200
+                    for c in slack.calls("chat.postMessage")
+                )
+
+            wait_until(alert_posted, timeout=90, what="the stuck alert posted after the 429s")
+            sender = bot.health().json()["alerts"]["sender"]
+            assert sender["rate_limited"] == 2 and sender["retries"] >= 2, sender
+            assert sender["sent"] >= 1 and sender["failed"] == 0, sender
+
+
+def test_after_a_broker_outage_status_does_not_say_the_consumer_fell_behind(
+    embedded_redis: Callable[..., EmbeddedRedis],
+) -> None:
+    broker = embedded_redis()
+    with MockSlackAPI() as slack, running_bot(broker.url_for(1), slack) as bot:
+        broker.restart(down_for=2.0)  # an outage: the subscription is closed under the bot
+        wait_until(
+            lambda: bot.health().json().get("reconnects", 0) >= 1,
+            timeout=60, what="the consumer reconnected",
+        )
+        assert bot.command("status", "status").status == 200
+        (answer,) = slack.wait_for_response("status", count=1, timeout=60)
+        text = json.dumps(answer.params)
+        assert "Events were lost" in text  # the loss is told...
+        assert "fell behind" not in text  # ...without a cause the bot cannot know
