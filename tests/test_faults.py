@@ -23,7 +23,7 @@ from chatbot.store.redis import RedisFleetStore, StoreUnavailable, connect
 from chatbot.store.redis.connection import connect_for_requests
 from tests.fleet_app import ADD, HANG, make_app
 from tests.support import wait_until
-from tests.support.bot import APPROVER, CHANNEL, Bot, HttpAnswer, running_bot
+from tests.support.bot import APPROVER, CHANNEL, Bot, HttpAnswer, knows_task, running_bot
 from tests.support.slack_api import MockSlackAPI
 from tests.support.task_events import run_task
 
@@ -53,8 +53,7 @@ def _button(blocks: list[dict[str, Any]], action_id: str) -> str:
 
 
 def _knows(bot: Bot, task_id: str, name: str) -> bool:
-    answer = bot.command(f"task {task_id}", name)
-    return answer.status == 200 and task_id in _answer_text(answer)
+    return knows_task(bot, task_id, name)
 
 
 def test_a_hung_state_redis_is_told_not_waited_on_and_loses_no_events(

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +19,7 @@ import pytest
 from chatbot.approvals import APPROVE_ACTION_ID
 from tests.fleet_app import HANG, make_app
 from tests.support import wait_until
-from tests.support.bot import APPROVER, CHANNEL, Bot, running_bot
+from tests.support.bot import APPROVER, CHANNEL, Bot, Trickle, running_bot
 from tests.support.slack_api import MockSlackAPI
 from tests.support.slack_payloads import JSON, block_action_payload, event_callback
 
@@ -160,47 +158,6 @@ def test_a_replayed_signed_revoke_posts_one_card(
 
 
 # -- finding 4: slow clients ---------------------------------------------------------------
-class Trickle:
-    """``count`` connections each sending one more byte of a request line every second."""
-
-    REQUEST = b"POST /slack/events HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 4096
-
-    def __init__(self, port: int, count: int) -> None:
-        self.sockets: list[socket.socket] = []
-        for _ in range(count):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.setblocking(False)
-            self.sockets.append(sock)
-        self.closed_by_server: set[int] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        offset = 0
-        while not self._stop.is_set() and offset < len(self.REQUEST):
-            byte = self.REQUEST[offset : offset + 1]
-            for index, sock in enumerate(self.sockets):
-                if index in self.closed_by_server:
-                    continue
-                try:
-                    sock.send(byte)
-                    if sock.recv(1024) == b"":
-                        self.closed_by_server.add(index)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    self.closed_by_server.add(index)
-            offset += 1
-            self._stop.wait(1.0)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        for sock in self.sockets:
-            sock.close()
-
-
 def test_200_trickling_connections_do_not_stop_signed_commands_or_healthz(bot: Bot) -> None:
     trickle = Trickle(bot.port, 200)
     try:

@@ -158,3 +158,60 @@ def running_bot(
         runner.join(60)
     assert not runner.is_alive(), "run() did not return after stop"
     assert result == [0], result
+
+
+class Trickle:
+    """``count`` connections each sending one more byte of a request line every second."""
+
+    REQUEST = b"POST /slack/events HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 4096
+
+    def __init__(self, port: int, count: int) -> None:
+        self.sockets: list[socket.socket] = []
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.setblocking(False)
+            self.sockets.append(sock)
+        self.closed_by_server: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        offset = 0
+        while not self._stop.is_set() and offset < len(self.REQUEST):
+            byte = self.REQUEST[offset : offset + 1]
+            for index, sock in enumerate(self.sockets):
+                if index in self.closed_by_server:
+                    continue
+                try:
+                    sock.send(byte)
+                    if sock.recv(1024) == b"":
+                        self.closed_by_server.add(index)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self.closed_by_server.add(index)
+            offset += 1
+            self._stop.wait(1.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+
+def answer_text(answer: SignedResponse) -> str:
+    return answer.body.decode("utf-8", errors="replace")
+
+
+def knows_task(bot: Bot, task_id: str, name: str, timeout: float = 30.0) -> bool:
+    """``/celery task ID`` shows the task (an unknown id is echoed in a usage error)."""
+    answer = bot.command(f"task {task_id}", name, timeout=timeout)
+    text = answer_text(answer).lower()
+    return (
+        answer.status == 200
+        and task_id in text
+        and "unknown task" not in text
+        and "unavailable" not in text
+    )
