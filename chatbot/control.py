@@ -364,9 +364,20 @@ class FleetControl:
 
     def _connection(self) -> Any:
         # One attempt, bounded by the timeout: a control call must fail fast and say why,
-        # not retry the broker for as long as a worker would.
+        # not retry the broker for as long as a worker would. Every socket operation is
+        # bounded too: a hung broker (stopped, or a network dropping packets) accepts the
+        # connection and then answers nothing, and without a socket timeout the call waited
+        # forever. Redis's transport reads socket_timeout / socket_connect_timeout, py-amqp's
+        # read_timeout / write_timeout; each ignores the other's.
         return self.app.connection_for_write(
-            connect_timeout=self.timeout, transport_options={"max_retries": 0}
+            connect_timeout=self.timeout,
+            transport_options={
+                "max_retries": 0,
+                "socket_timeout": self.timeout,
+                "socket_connect_timeout": self.timeout,
+                "read_timeout": self.timeout,
+                "write_timeout": self.timeout,
+            },
         )
 
     def _send_without_reply(

@@ -232,3 +232,31 @@ def test_after_a_broker_outage_status_does_not_say_the_consumer_fell_behind(
         text = json.dumps(answer.params)
         assert "Events were lost" in text  # the loss is told...
         assert "fell behind" not in text  # ...without a cause the bot cannot know
+
+
+def test_an_approve_click_during_a_hung_broker_says_the_broker_is_unreachable(
+    embedded_redis: Callable[..., EmbeddedRedis], celery_worker: Any
+) -> None:
+    broker = embedded_redis()
+    broker_url = broker.url_for(1)
+    celery_worker(broker_url, concurrency=1)
+    with MockSlackAPI() as slack, running_bot(broker_url, slack) as bot:
+        hanging = make_app(broker_url).send_task(HANG, args=(300,)).id
+        wait_until(lambda: _knows(bot, hanging, "seen"), timeout=60, what="the task in the store")
+        assert bot.command(f"revoke {hanging}", "revoke").status == 200
+        card = slack.wait_for("chat.postMessage", count=1, timeout=30)[-1]
+        approval_id = _button(card.params["blocks"], APPROVE_ACTION_ID)
+        with stopped(broker):
+            click = bot.click_body(
+                APPROVE_ACTION_ID, approval_id, "approve", user_id=APPROVER,
+                message_ts=str(card.response["ts"]),
+            )
+            assert bot.post(click, timeout=60).status == 200
+            # The revoke cannot be published: the card says so instead of the click hanging.
+            def told() -> bool:
+                return any(
+                    "unreachable" in json.dumps(u.params).lower()
+                    for u in slack.calls("chat.update") + slack.responses("approve")
+                )
+
+            wait_until(told, timeout=60, what="the clicker told the broker is unreachable")
