@@ -581,6 +581,7 @@ def test_status_says_when_the_stream_is_silent_or_lossy(
         health.malformed = 4
         health.intake_restarts = 1
         health.intake_problem = "the event applier is not running <!here>"
+        health.changes_lost = 3
         return health
 
     later = make_ctx(store, renderer, clock=lambda: NOW + 1200, health=lossy)
@@ -589,6 +590,7 @@ def test_status_says_when_the_stream_is_silent_or_lossy(
     assert "No events for 20m" in text and "control enable_events" in text and "-E" in text
     assert "Events were lost: the broker closed the event subscription 2 times" in text
     assert "fell behind" not in text  # the consumer cannot know that was the cause
+    assert "3 task or worker changes never reached the state store" in text
     assert (
         "The event consumer is not connected: ConnectionError: Connection closed by server." in text
     )

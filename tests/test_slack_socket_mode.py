@@ -8,6 +8,7 @@ them, and the app's acks come back on the socket. Slow answers go to the respons
 from __future__ import annotations
 
 import json
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -223,5 +224,26 @@ def test_make_server_picks_the_mode_from_the_settings(stack: Stack) -> None:
     service = stack.fleet.service
     socket = make_server(app, service, Settings(slack_app_token=APP_TOKEN, port=0))
     assert isinstance(socket, SocketModeRunner)
-    http = make_server(app, service, Settings(port=0), metrics=SlackMetrics())
+    http = make_server(
+        app, service, Settings(port=0, slack_signing_secret="s3cret"), metrics=SlackMetrics()
+    )
     assert isinstance(http, HttpServer)
+    with pytest.raises(ValueError, match="SLACK_SIGNING_SECRET"):  # HTTP verifies every request
+        make_server(app, service, Settings(port=0))
+
+
+def test_malformed_payloads_are_acked_and_dropped_without_a_traceback(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    envelopes: list[tuple[str, dict[str, Any]]] = [
+        ("interactive", {"type": "block_actions", "user": "U1", "actions": []}),
+        ("interactive", {"type": "view_submission", "user": {"id": "U1"}}),
+        ("events_api", {"type": "event_callback", "event": "x"}),
+    ]
+    for kind, payload in envelopes:
+        ack = stack.sm.wait_for_ack(stack.sm.send_envelope(kind, payload), timeout=30)
+        assert not ack.get("payload")
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    assert sum("Socket Mode request refused" in r.getMessage() for r in caplog.records) == 3
+    assert "/celery commands" in shown(stack.command("help", "after-malformed"))

@@ -23,6 +23,7 @@ from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
 from chatbot.slack.app import run_after_response
+from chatbot.slack.gate import payload_problem
 from chatbot.slack.http import HttpServer, MountedApp
 from chatbot.slack.interfaces import SlackServices
 from chatbot.slack.metrics import SlackMetrics
@@ -48,6 +49,14 @@ class AckReportingSocketModeHandler(SocketModeHandler):
             headers["x-slack-retry-num"] = str(req.retry_attempt)
         if req.retry_reason is not None:
             headers["x-slack-retry-reason"] = req.retry_reason
+        # The same shape check as the HTTP gate (chatbot/slack/gate.py): a payload Bolt's
+        # listeners would index blindly is acknowledged (Slack must not redeliver it) and
+        # dropped with one log line, not a traceback.
+        problem = payload_problem(req.payload)
+        if problem is not None:
+            log.warning("Socket Mode request refused: %s", problem)
+            client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+            return
         request = BoltRequest(mode="socket_mode", body=req.payload, headers=headers or None)
         response: BoltResponse = self.app.dispatch(request)
         if response.status != 200:
