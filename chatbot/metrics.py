@@ -246,6 +246,9 @@ _STREAM: tuple[tuple[str, str, str, Callable[[StreamHealth, int], float]], ...] 
     ("celery_chatops_event_loss_detected_total", "counter",
      "Times the broker closed the event subscription (events lost).",
      lambda s, _: s.disconnects_by_server),
+    ("celery_chatops_changes_lost_total", "counter",
+     "Task and worker changes never written to the shared state store (the ingest lease moved"
+     " while it did not answer).", lambda s, _: s.changes_lost),
     ("celery_chatops_consumer_connected", "gauge",
      "1 while the event consumer is connected.", lambda s, _: 1 if s.connected else 0),
     ("celery_chatops_consumer_lag_events", "gauge",
