@@ -8,11 +8,8 @@ what it stopped, whatever happens.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -23,21 +20,17 @@ from chatbot.store.redis import RedisFleetStore, StoreUnavailable, connect
 from chatbot.store.redis.connection import connect_for_requests
 from tests.fleet_app import ADD, HANG, make_app
 from tests.support import wait_until
-from tests.support.bot import APPROVER, CHANNEL, Bot, HttpAnswer, knows_task, running_bot
+from tests.support.bot import (
+    APPROVER,
+    CHANNEL,
+    Bot,
+    HttpAnswer,
+    knows_task,
+    running_bot,
+    stopped,
+)
 from tests.support.slack_api import MockSlackAPI
 from tests.support.task_events import run_task
-
-
-@contextmanager
-def stopped(server: EmbeddedRedis) -> Iterator[None]:
-    """``server`` hung (SIGSTOP) inside the block, resumed (SIGCONT) on the way out."""
-    pid = server.pid
-    assert pid is not None, "the server is not running"
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def _answer_text(answer: Any) -> str:

@@ -17,11 +17,22 @@ from urllib.parse import urlencode
 import pytest
 
 from chatbot.approvals import APPROVE_ACTION_ID
+from chatbot.demo.embedded import EmbeddedRedis
+from chatbot.slack.gate import RequestGate
+from chatbot.store.redis import RedisRecordStore
+from chatbot.store.redis.connection import connect_for_requests
 from tests.fleet_app import HANG, make_app
 from tests.support import wait_until
-from tests.support.bot import APPROVER, CHANNEL, Bot, Trickle, running_bot
+from tests.support.bot import APPROVER, CHANNEL, SECRET, Bot, Trickle, running_bot, stopped
 from tests.support.slack_api import MockSlackAPI
-from tests.support.slack_payloads import JSON, block_action_payload, event_callback
+from tests.support.slack_payloads import (
+    FORM,
+    JSON,
+    block_action_payload,
+    event_callback,
+    signed_headers,
+    slash_command,
+)
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +186,34 @@ def test_200_trickling_connections_do_not_stop_signed_commands_or_healthz(bot: B
         )
     finally:
         trickle.close()
+
+
+def test_the_replay_window_is_shared_by_replicas_and_holds_through_a_store_outage(
+    embedded_redis: Callable[..., EmbeddedRedis],
+) -> None:
+    server = embedded_redis()
+    url = server.url_for(1)
+    replicas = [
+        RequestGate(SECRET, RedisRecordStore(connect_for_requests(url))) for _ in range(2)
+    ]
+
+    def check(gate: RequestGate, body: bytes, timestamp: int) -> int | None:
+        headers = signed_headers(body, signing_secret=SECRET, content_type=FORM,
+                                 timestamp=timestamp)
+        verdict = gate.check(body.decode(), "", headers)
+        return None if verdict.request is not None else verdict.status
+
+    def command(text: str) -> bytes:
+        return slash_command(text, user_id=APPROVER, channel_id=CHANNEL, response_url="http://x")
+
+    now = int(time.time())
+    first = command("revoke abc")
+    assert check(replicas[0], first, now) is None  # goes to Bolt
+    assert check(replicas[1], first, now) == 200  # the replay, on the other replica
+    assert check(replicas[0], first, now + 1) is None  # a new signature is a new request
+    with stopped(server):
+        during = command("revoke def")
+        assert check(replicas[0], during, now) is None
+        assert check(replicas[0], during, now) == 200  # this replica's own window
+    assert replicas[0].health()["replay_store_unavailable"] >= 1
+    assert replicas[1].health()["replayed"] == 1

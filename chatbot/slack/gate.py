@@ -27,7 +27,7 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +47,7 @@ _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
 # Past this many requests remembered in-process (store down), the oldest are forgotten.
 LOCAL_REPLAY_CAPACITY = 100_000
+PRUNE_EVERY_SECONDS = 60.0
 
 # The interactive payload types this app has listeners for (buttons only: it opens no modals).
 INTERACTIVE_TYPES = frozenset({"block_actions"})
@@ -186,19 +187,26 @@ class _LocalReplays:
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._expires: dict[str, float] = {}
+        self._order: deque[tuple[float, str, float]] = deque()  # (arrival, key, expires)
         self._lock = threading.Lock()
 
-    def first(self, key: str, now: float) -> bool:
+    def first(self, key: str, now: float, expires: float) -> bool:
         with self._lock:
-            while self._seen:
-                oldest, at = next(iter(self._seen.items()))
-                if at > now - REPLAY_WINDOW_SECONDS and len(self._seen) < self._capacity:
-                    break
-                del self._seen[oldest]
-            if key in self._seen:
+            # Forget what arrived more than twice the window ago (nothing is kept longer),
+            # or the oldest when full.
+            while self._order and (
+                self._order[0][0] < now - 2 * REPLAY_WINDOW_SECONDS
+                or len(self._order) >= self._capacity
+            ):
+                _, oldest, expires_then = self._order.popleft()
+                if self._expires.get(oldest) == expires_then:  # not seen again since
+                    del self._expires[oldest]
+            known = self._expires.get(key)
+            if known is not None and known > now:
                 return False
-            self._seen[key] = now
+            self._expires[key] = expires
+            self._order.append((now, key, expires))
             return True
 
 
@@ -220,6 +228,8 @@ class RequestGate:
         self._clock = clock
         self._local = _LocalReplays(local_capacity)
         self._lock = threading.Lock()
+        self._pruning = False
+        self._next_prune = clock() + PRUNE_EVERY_SECONDS
         self.counts: dict[str, int] = {
             "unauthenticated": 0,
             "malformed": 0,
@@ -256,18 +266,22 @@ class RequestGate:
         if problem:
             self._count("malformed")
             return Verdict(400, problem)
-        if not self._first_arrival(f"{timestamp}:{signature}"):
+        if not self._first_arrival(f"{timestamp}:{signature}", int(timestamp)):
             self._count("replayed")
             return Verdict(200, "replayed request; answered once already")
         return Verdict(None, request=request)
 
-    def _first_arrival(self, key: str) -> bool:
+    def _first_arrival(self, key: str, timestamp: int) -> bool:
         now = self._clock()
-        local_first = self._local.first(key, now)
+        # Remembered for as long as Slack's verifier would accept the same request: until its
+        # timestamp leaves the window (up to twice the window for a clock running ahead).
+        ttl = max(1.0, timestamp + REPLAY_WINDOW_SECONDS - now + 1.0)
+        local_first = self._local.first(key, now, now + ttl)
         if self._records is None:
             return local_first
+        self._prune_now_and_then(now)
         try:
-            return self._records.create(REPLAY_KIND, key, {"at": now}, ttl=REPLAY_WINDOW_SECONDS)
+            return self._records.create(REPLAY_KIND, key, {"at": now}, ttl=ttl)
         except Exception as exc:
             # The shared window is out of reach: this replica's own window still holds.
             self._count("replay_store_unavailable")
@@ -276,3 +290,25 @@ class RequestGate:
                 type(exc).__name__,
             )
             return local_first
+
+    def _prune_now_and_then(self, now: float) -> None:
+        """Expired records leave a kind's index only when the kind is listed (both
+        RecordStore backends): list this kind now and then, on a thread of its own (the
+        store may be slow), so the index does not grow with every request ever answered."""
+        records = self._records
+        with self._lock:
+            if records is None or self._pruning or now < self._next_prune:
+                return
+            self._pruning = True
+            self._next_prune = now + PRUNE_EVERY_SECONDS
+
+        def prune() -> None:
+            try:
+                records.list(REPLAY_KIND)
+            except Exception as exc:
+                log.debug("pruning remembered requests failed: %s", exc)
+            finally:
+                with self._lock:
+                    self._pruning = False
+
+        threading.Thread(target=prune, name="chatops-replay-prune", daemon=True).start()

@@ -8,6 +8,8 @@ exit. :class:`Bot` sends Slack's signed requests to it and reads ``/healthz``.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import threading
 import urllib.error
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatbot.config import load_settings
+from chatbot.demo.embedded import EmbeddedRedis
 from chatbot.runner import run
 from tests.support import wait_until
 from tests.support.slack_api import MockSlackAPI
@@ -215,3 +218,15 @@ def knows_task(bot: Bot, task_id: str, name: str, timeout: float = 30.0) -> bool
         and "unknown task" not in text
         and "unavailable" not in text
     )
+
+
+@contextmanager
+def stopped(server: EmbeddedRedis) -> Iterator[None]:
+    """``server`` hung (SIGSTOP) inside the block, resumed (SIGCONT) on the way out."""
+    pid = server.pid
+    assert pid is not None, "the server is not running"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
