@@ -253,3 +253,42 @@ def test_an_approve_click_during_a_hung_broker_says_the_broker_is_unreachable(
                 )
 
             wait_until(told, timeout=60, what="the clicker told the broker is unreachable")
+
+
+def test_two_replicas_through_a_state_outage_past_the_lease_keep_or_count_every_event(
+    redis_url_factory: Callable[[], str],
+    embedded_redis: Callable[..., EmbeddedRedis],
+    celery_worker: Any,
+) -> None:
+    # Issue 11, finding 5: the lease moved during the outage, and the old writer's pending
+    # changes vanished while event_loss_detected stayed 0. Whichever replica ends up the
+    # writer, every task run meanwhile is now shown, or the loss is counted.
+    broker = redis_url_factory()
+    state = embedded_redis()
+    celery_worker(broker, concurrency=2)
+    fleet = make_app(broker)
+    broker_client = redis.Redis.from_url(broker, socket_timeout=5)
+    url = state.url_for(1)
+    with (
+        MockSlackAPI() as slack,
+        running_bot(broker, slack, CHATOPS_STATE_URL=url) as first,
+        running_bot(broker, slack, CHATOPS_STATE_URL=url) as second,
+    ):
+        known = fleet.send_task(ADD, args=(1, 1)).id
+        wait_until(lambda: _knows(first, known, "known"), timeout=60, what="ingest running")
+        with stopped(state):
+            during = [fleet.send_task(ADD, args=(i, i)).id for i in range(10)]
+            wait_until(
+                lambda: broker_client.llen("celery") == 0, timeout=60, what="the tasks taken"
+            )
+            time.sleep(12)  # past the 10 s ingest lease: either replica may write next
+        for bot in (first, second):
+
+            def settled(bot: Bot = bot) -> bool:
+                report = bot.health(timeout=30)
+                if report.status != 200:
+                    return False
+                shown = sum(_knows(bot, t, "after") for t in during)
+                return shown == len(during) or int(report.json()["event_loss_detected"]) > 0
+
+            wait_until(settled, timeout=120, interval=1, what="events shown or counted lost")
