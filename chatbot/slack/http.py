@@ -365,7 +365,13 @@ class GuardedChannel(HTTPChannel):  # waitress has no type hints
     def handle_close(self) -> None:
         if self._closed:
             return
-        if self._lingering_until is None and self.connected and not self.total_outbufs_len:
+        # Not while a request is being handled: its thread may be waiting to flush output.
+        if (
+            self._lingering_until is None
+            and self.connected
+            and not self.total_outbufs_len
+            and not self.requests
+        ):
             try:
                 self.socket.shutdown(socket.SHUT_WR)
             except OSError:
