@@ -27,6 +27,8 @@ from typing import Any, Literal
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from chatbot.store.redis.connection import StoreUnavailable
+
 log = logging.getLogger(__name__)
 
 Replicas = Literal["writer", "every"]
@@ -221,6 +223,10 @@ class PeriodicJobs:
             error: str | None = None
             try:
                 job.run()
+            except StoreUnavailable as exc:
+                # A dependency down, not a bug: one line per run, no traceback.
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("periodic job %s failed: %s", job.job_id, exc)
             except Exception as exc:
                 # Logged here, once; the job stays scheduled (APScheduler would only log it).
                 error = f"{type(exc).__name__}: {exc}"
