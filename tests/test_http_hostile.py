@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from chatbot.approvals import APPROVE_ACTION_ID
 from chatbot.demo.embedded import EmbeddedRedis
@@ -23,7 +24,16 @@ from chatbot.store.redis import RedisRecordStore
 from chatbot.store.redis.connection import connect_for_requests
 from tests.fleet_app import HANG, make_app
 from tests.support import wait_until
-from tests.support.bot import APPROVER, CHANNEL, SECRET, Bot, Trickle, running_bot, stopped
+from tests.support.bot import (
+    APPROVER,
+    CHANNEL,
+    SECRET,
+    Bot,
+    Trickle,
+    http_get,
+    running_bot,
+    stopped,
+)
 from tests.support.slack_api import MockSlackAPI
 from tests.support.slack_payloads import (
     FORM,
@@ -54,6 +64,17 @@ def _problems(caplog: pytest.LogCaptureFixture) -> list[str]:
         for r in caplog.records
         if r.levelno >= logging.ERROR or r.exc_info
     ]
+
+
+def _refused(bot: Bot, reason: str) -> float:
+    text = http_get(bot.url + "/metrics").body.decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "chatops_slack_requests_refused_total"
+        and sample.labels.get("reason") == reason
+    )
 
 
 def _payload(data: Any) -> bytes:
@@ -122,6 +143,7 @@ def test_signed_but_malformed_payloads_are_400_without_a_traceback(
     }
     assert statuses == {name: 400 for name in statuses}
     assert _problems(caplog) == []
+    assert _refused(bot, "malformed") >= len(statuses)  # counted in /metrics
     # The listener still answers a good request afterwards.
     assert bot.command("help", "after-malformed").status == 200
     assert bot.post(event_callback({"type": "app_mention", "user": "U1"}), content_type=JSON)

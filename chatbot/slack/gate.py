@@ -62,6 +62,7 @@ class Verdict:
     status: int | None
     reason: str = ""
     request: BoltRequest | None = None
+    kind: str = ""  # what was refused: unauthenticated, malformed, replayed
 
 
 def _header(headers: Mapping[str, str | Sequence[str]], name: str) -> str | None:
@@ -256,19 +257,21 @@ class RequestGate:
             or not self._verifier.is_valid(body=body, timestamp=timestamp, signature=signature)
         ):
             self._count("unauthenticated")
-            return Verdict(401, "invalid request signature or timestamp")
+            return Verdict(401, "invalid request signature or timestamp", kind="unauthenticated")
         try:
             request = BoltRequest(body=body, query=query, headers=dict(headers))
         except Exception as exc:  # Bolt's parser: JSONDecodeError, AttributeError, TypeError...
             self._count("malformed")
-            return Verdict(400, f"the body cannot be parsed ({type(exc).__name__})")
+            return Verdict(
+                400, f"the body cannot be parsed ({type(exc).__name__})", kind="malformed"
+            )
         problem = payload_problem(request.body)
         if problem:
             self._count("malformed")
-            return Verdict(400, problem)
+            return Verdict(400, problem, kind="malformed")
         if not self._first_arrival(f"{timestamp}:{signature}", int(timestamp)):
             self._count("replayed")
-            return Verdict(200, "replayed request; answered once already")
+            return Verdict(200, "replayed request; answered once already", kind="replayed")
         return Verdict(None, request=request)
 
     def _first_arrival(self, key: str, timestamp: int) -> bool:

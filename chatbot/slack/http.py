@@ -180,6 +180,8 @@ class SlackWsgiApp:
         if self.gate is not None:
             verdict = self.gate.check(text, query, request_headers)
             if verdict.request is None:
+                if self.metrics is not None:
+                    self.metrics.request_refused(verdict.kind)
                 if verdict.status == 200:  # a replay: acknowledged, not run, nothing to show
                     start_response(_status_line(200), [("Content-Length", "0")])
                     return [b""]

@@ -46,6 +46,12 @@ class SlackMetrics:
         self._pending = Gauge(
             "chatops_slack_pending", "Answers acked and not yet posted.", registry=on
         )
+        self._refused_requests = Counter(
+            "chatops_slack_requests_refused_total",
+            "Requests to the Slack endpoint answered before Bolt: unauthenticated (401),"
+            " malformed (400) or replayed (answered once already).",
+            ("reason",), registry=on,
+        )
         self._refused_busy = Counter(
             "chatops_slack_busy_refusals_total",
             "Slow commands refused: too many pending.", registry=on,
@@ -72,6 +78,10 @@ class SlackMetrics:
 
     def pending(self, delta: int) -> None:
         self._pending.inc(delta)
+
+    def request_refused(self, reason: str) -> None:
+        """``reason``: ``unauthenticated``, ``malformed`` or ``replayed``."""
+        self._refused_requests.labels(reason).inc()
 
     def refused_busy(self) -> None:
         self._refused_busy.inc()
