@@ -249,6 +249,7 @@ class FleetWriter:
             backoff = _BACKOFF_FIRST
             # Redis answers: reads need not wait out a breaker tripped during the outage.
             breaker_for(self.client).answered()
+            breaker_for(self.writer_client).answered()
             self.available = True
             self.last_error = None
             self._pending_count = 0
