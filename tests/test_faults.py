@@ -22,7 +22,6 @@ from tests.fleet_app import ADD, HANG, make_app
 from tests.support import wait_until
 from tests.support.bot import (
     APPROVER,
-    CHANNEL,
     Bot,
     HttpAnswer,
     knows_task,
@@ -108,17 +107,13 @@ def test_a_hung_state_redis_is_told_not_waited_on_and_loses_no_events(
             )
             time.sleep(2)  # their events reach the bot while the store is still hung
 
-        # Resumed: the events kept meanwhile are written, or counted as lost.
-        def all_known_or_counted() -> bool:
-            report = bot.health(timeout=30).json()
-            lost = int(report.get("event_loss_detected") or 0)
-            known = sum(_knows(bot, t, "after") for t in during)
-            return known == len(during) or lost > 0
-
-        wait_until(all_known_or_counted, timeout=90, interval=1, what="events kept or counted")
-        assert all(_knows(bot, t, "after") for t in during)
+        # Resumed: one replica kept the lease, so what it applied meanwhile is written.
+        wait_until(
+            lambda: all(_knows(bot, t, "after") for t in during),
+            timeout=90, interval=1, what="the tasks run during the outage shown",
+        )
+        assert bot.health(timeout=30).json()["event_loss_detected"] == 0
         wait_until(lambda: bot.health().status == 200, timeout=60, what="healthy again")
-        assert CHANNEL
 
 
 def test_a_writer_that_hands_over_during_an_outage_counts_what_it_could_not_write(
