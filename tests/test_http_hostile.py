@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatbot.approvals import APPROVE_ACTION_ID
@@ -239,3 +241,42 @@ def test_the_replay_window_is_shared_by_replicas_and_holds_through_a_store_outag
         assert check(replicas[0], during, now) == 200  # this replica's own window
     assert replicas[0].health()["replay_store_unavailable"] >= 1
     assert replicas[1].health()["replayed"] == 1
+
+
+# -- property: whatever a signed body holds, the answer is never a 500 ------------------------
+_KEYS = (
+    "id", "type", "action_id", "value", "block_id", "user", "channel", "team", "enterprise",
+    "message", "container", "channel_id", "message_ts", "ts", "tab", "event", "actions",
+    "text", "subteam", "authorizations", "previous_message", "item",
+)  # fmt: skip
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=4) | st.sampled_from(_KEYS),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+_TYPES = ("block_actions", "event_callback", "url_verification", "view_submission", "shortcut")
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(kind=st.sampled_from(_TYPES), fields=st.dictionaries(st.sampled_from(_KEYS), _json))
+def test_any_signed_payload_gets_an_answer_and_no_traceback(
+    bot: Bot, slack: MockSlackAPI, caplog: pytest.LogCaptureFixture, kind: str,
+    fields: dict[str, Any],
+) -> None:
+    caplog.clear()
+    body: dict[str, Any] = {**fields, "type": kind, "response_url": slack.response_url("prop")}
+    if kind in ("event_callback", "url_verification"):
+        answer = bot.post(json.dumps(body).encode(), content_type=JSON, timeout=30)
+    else:
+        answer = bot.post(_payload(body), timeout=30)
+    assert answer.status in (200, 400, 404), (answer.status, body)
+    failures = [
+        r.getMessage() for r in caplog.records
+        if r.exc_info and r.name.startswith(("chatbot.slack.bolt", "chatbot.slack.http"))
+    ]
+    assert failures == [], body

@@ -85,12 +85,19 @@ def _optional(mapping: Mapping[str, Any], key: str, check: Callable[[Any], bool]
     return value is None or check(value)
 
 
-def _object_with_str_id(value: Any) -> bool:
+def _ref(value: Any) -> bool:
+    """How Bolt's context extractors read ``user``, ``channel``, ``team`` and ``enterprise``:
+    an id string, or an object whose ``id`` (if any) is a string."""
+    if isinstance(value, str):
+        return True
     return isinstance(value, dict) and _optional(value, "id", _is_str)
 
 
-def _team(value: Any) -> bool:
-    return isinstance(value, dict) and _optional(value, "id", _is_str)
+def _refs_problem(container: Mapping[str, Any], where: str) -> str | None:
+    for key in ("user", "channel", "team", "enterprise"):
+        if not _optional(container, key, _ref):
+            return f"{where}{key} is neither an id nor an object with one"
+    return None
 
 
 def _action(value: Any) -> bool:
@@ -105,10 +112,9 @@ def _action(value: Any) -> bool:
 
 def _common(body: Mapping[str, Any]) -> str | None:
     """Fields Bolt reads from every payload (to build its context) before any listener."""
-    if not _optional(body, "team", _team):
-        return "team is not an object"
-    if not _optional(body, "enterprise", _object_with_str_id):
-        return "enterprise is not an object"
+    problem = _refs_problem(body, "")
+    if problem:
+        return problem
     for key in ("team_id", "enterprise_id", "api_app_id", "token", "type"):
         if not _optional(body, key, _is_str):
             return f"{key} is not a string"
@@ -129,12 +135,10 @@ def _block_actions_problem(body: Mapping[str, Any]) -> str | None:
     actions = body.get("actions")
     if not (isinstance(actions, list) and actions and all(_action(a) for a in actions)):
         return "actions is not a non-empty list of actions"
+    # Our listener (chatbot/slack/app.py, _click) reads these as objects.
     for key in ("container", "channel", "message"):
         if not _optional(body, key, lambda v: isinstance(v, dict)):
             return f"{key} is not an object"
-    channel = body.get("channel")
-    if isinstance(channel, dict) and not _optional(channel, "id", _is_str):
-        return "channel.id is not a string"
     for key in ("response_url", "trigger_id"):
         if not _optional(body, key, _is_str):
             return f"{key} is not a string"
@@ -149,9 +153,22 @@ def _event_problem(body: Mapping[str, Any]) -> str | None:
         event = body.get("event")
         if not (isinstance(event, dict) and _is_str(event.get("type"))):
             return "event is not an object with a type"
-        for key in ("user", "channel", "tab", "subtype"):
-            if not _optional(event, key, _is_str):
-                return f"event.{key} is not a string"
+        # Bolt's extractors descend into these when they are objects.
+        for name, inner in (
+            ("event.", event),
+            *(
+                (f"event.{key}.", event[key])
+                for key in ("message", "previous_message", "item", "assistant_thread")
+                if isinstance(event.get(key), dict)
+            ),
+        ):
+            problem = _refs_problem(inner, name)
+            if problem:
+                return problem
+        if event["type"] == "app_home_opened" and not (
+            _is_str(event.get("user")) and _optional(event, "tab", _is_str)
+        ):
+            return "app_home_opened without a user id"  # the Home is published for it
     return None
 
 
