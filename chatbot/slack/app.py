@@ -40,6 +40,7 @@ from chatbot.slack.home import publish_home
 from chatbot.slack.interfaces import SlackServices
 from chatbot.slack.metrics import SlackMetrics
 from chatbot.slackerrors import error_code
+from chatbot.store.redis.connection import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +368,9 @@ class _SlackFace:
     def _publish_home(self, user_id: str) -> None:
         try:
             publish_home(self.services, self.client, user_id)
+        except StoreUnavailable as exc:  # a dependency down, not a bug: no traceback
+            log.warning("publishing the App Home for %s: %s", user_id, exc)
+            self.metrics.home_publish("unavailable")
         except Exception:
             log.exception("publishing the App Home for %s failed", user_id)
             self.metrics.home_publish("error")
