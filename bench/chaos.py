@@ -256,7 +256,10 @@ class Chaos:
             (payload({**click, "actions": []}), "application/x-www-form-urlencoded"),
             (payload({**click, "user": "U1"}), "application/x-www-form-urlencoded"),
             (payload([1, 2, 3]), "application/x-www-form-urlencoded"),
-            (payload({"type": "view_submission", "user": {"id": "U1"}}), "application/x-www-form-urlencoded"),  # noqa: E501
+            (
+                payload({"type": "view_submission", "user": {"id": "U1"}}),
+                "application/x-www-form-urlencoded",
+            ),
             (b'{"type":"event_callback","event":"x"}', JSON),
             (b"[1,2,3]", JSON),
         ]
@@ -319,9 +322,7 @@ class Chaos:
         finally:
             os.kill(pid, signal.SIGCONT)
 
-    def _during(
-        self, label: str, seconds: float, probes: Callable[[Tally, Tally], None]
-    ) -> None:
+    def _during(self, label: str, seconds: float, probes: Callable[[Tally, Tally], None]) -> None:
         commands = self.tally(f"{label} commands", hostile=False)
         health = self.tally(f"{label} healthz", hostile=False)
         deadline = time.monotonic() + seconds

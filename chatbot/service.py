@@ -417,9 +417,7 @@ class Service:
                 if stream.last_error
                 else "event consumer not connected to the broker yet"
             )
-        report["periodic"] = {
-            job_id: job.as_dict() for job_id, job in self.jobs.health().items()
-        }
+        report["periodic"] = {job_id: job.as_dict() for job_id, job in self.jobs.health().items()}
         # Connected is not enough: a dead or stalled intake thread leaves the bot blind.
         consumer = self.consumer
         if consumer is not None:

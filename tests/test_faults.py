@@ -58,9 +58,10 @@ def test_a_hung_state_redis_is_told_not_waited_on_and_loses_no_events(
     celery_worker(broker, concurrency=2)
     fleet = make_app(broker)
     broker_client = redis.Redis.from_url(broker, socket_timeout=5)
-    with MockSlackAPI() as slack, running_bot(
-        broker, slack, CHATOPS_STATE_URL=state.url_for(1)
-    ) as bot:
+    with (
+        MockSlackAPI() as slack,
+        running_bot(broker, slack, CHATOPS_STATE_URL=state.url_for(1)) as bot,
+    ):
         hanging = fleet.send_task(HANG, args=(300,)).id
         wait_until(lambda: _knows(bot, hanging, "seen"), timeout=60, what="the task in the store")
         # An approval card to click during the outage.
@@ -69,9 +70,13 @@ def test_a_hung_state_redis_is_told_not_waited_on_and_loses_no_events(
         card = slack.wait_for("chat.postMessage", count=1, timeout=30)[-1]
         # Its place is recorded before the asker is told (so before the outage begins).
         wait_until(
-            lambda: "Posted in this channel" in json.dumps(slack.responses("revoke")[-1].params)
-            if slack.responses("revoke") else None,
-            timeout=30, what="the asker told where the card is",
+            lambda: (
+                "Posted in this channel" in json.dumps(slack.responses("revoke")[-1].params)
+                if slack.responses("revoke")
+                else None
+            ),
+            timeout=30,
+            what="the asker told where the card is",
         )
         approval_id = _button(card.params["blocks"], APPROVE_ACTION_ID)
         done_before = fleet.send_task(ADD, args=(1, 2)).id
@@ -94,7 +99,10 @@ def test_a_hung_state_redis_is_told_not_waited_on_and_loses_no_events(
             assert "state store is unavailable" in answers[-1].json()["reason"]
             # An Approve click is acknowledged and the clicker is told nothing was done.
             click = bot.click_body(
-                APPROVE_ACTION_ID, approval_id, "approve", user_id=APPROVER,
+                APPROVE_ACTION_ID,
+                approval_id,
+                "approve",
+                user_id=APPROVER,
                 message_ts=str(card.response["ts"]),
             )
             assert bot.post(click, timeout=60).status == 200
@@ -110,7 +118,9 @@ def test_a_hung_state_redis_is_told_not_waited_on_and_loses_no_events(
         # Resumed: one replica kept the lease, so what it applied meanwhile is written.
         wait_until(
             lambda: all(_knows(bot, t, "after") for t in during),
-            timeout=90, interval=1, what="the tasks run during the outage shown",
+            timeout=90,
+            interval=1,
+            what="the tasks run during the outage shown",
         )
         assert bot.health(timeout=30).json()["event_loss_detected"] == 0
         wait_until(lambda: bot.health().status == 200, timeout=60, what="healthy again")
@@ -192,14 +202,18 @@ def test_alert_posts_waiting_out_429s_show_in_healthz(
         slack.set_channel(alerts, is_member=True)
         slack.rate_limit_next("chat.postMessage", retry_after=1, count=2)
         with running_bot(
-            broker, slack, CHATOPS_ALERT_CHANNEL=alerts, CHATOPS_CHECK_INTERVAL="1",
+            broker,
+            slack,
+            CHATOPS_ALERT_CHANNEL=alerts,
+            CHATOPS_CHECK_INTERVAL="1",
             CHATOPS_STUCK_AFTER="2",
         ) as bot:
             task_id = make_app(broker).send_task(HANG, args=(300,)).id
 
             def alert_posted() -> bool:
                 return any(
-                    c.params.get("channel") == alerts and task_id in json.dumps(c.params)
+                    c.params.get("channel") == alerts
+                    and task_id in json.dumps(c.params)
                     and c.status == 200
                     for c in slack.calls("chat.postMessage")
                 )
@@ -218,7 +232,8 @@ def test_after_a_broker_outage_status_does_not_say_the_consumer_fell_behind(
         broker.restart(down_for=2.0)  # an outage: the subscription is closed under the bot
         wait_until(
             lambda: bot.health().json().get("reconnects", 0) >= 1,
-            timeout=60, what="the consumer reconnected",
+            timeout=60,
+            what="the consumer reconnected",
         )
         assert bot.command("status", "status").status == 200
         (answer,) = slack.wait_for_response("status", count=1, timeout=60)
@@ -241,10 +256,14 @@ def test_an_approve_click_during_a_hung_broker_says_the_broker_is_unreachable(
         approval_id = _button(card.params["blocks"], APPROVE_ACTION_ID)
         with stopped(broker):
             click = bot.click_body(
-                APPROVE_ACTION_ID, approval_id, "approve", user_id=APPROVER,
+                APPROVE_ACTION_ID,
+                approval_id,
+                "approve",
+                user_id=APPROVER,
                 message_ts=str(card.response["ts"]),
             )
             assert bot.post(click, timeout=60).status == 200
+
             # The revoke cannot be published: the card says so instead of the click hanging.
             def told() -> bool:
                 return any(

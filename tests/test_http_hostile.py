@@ -217,13 +217,12 @@ def test_the_replay_window_is_shared_by_replicas_and_holds_through_a_store_outag
 ) -> None:
     server = embedded_redis()
     url = server.url_for(1)
-    replicas = [
-        RequestGate(SECRET, RedisRecordStore(connect_for_requests(url))) for _ in range(2)
-    ]
+    replicas = [RequestGate(SECRET, RedisRecordStore(connect_for_requests(url))) for _ in range(2)]
 
     def check(gate: RequestGate, body: bytes, timestamp: int) -> int | None:
-        headers = signed_headers(body, signing_secret=SECRET, content_type=FORM,
-                                 timestamp=timestamp)
+        headers = signed_headers(
+            body, signing_secret=SECRET, content_type=FORM, timestamp=timestamp
+        )
         verdict = gate.check(body.decode(), "", headers)
         return None if verdict.request is not None else verdict.status
 
@@ -251,8 +250,9 @@ _KEYS = (
 )  # fmt: skip
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=4) | st.sampled_from(_KEYS),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 _TYPES = ("block_actions", "event_callback", "url_verification", "view_submission", "shortcut")
@@ -265,7 +265,10 @@ _TYPES = ("block_actions", "event_callback", "url_verification", "view_submissio
 )
 @given(kind=st.sampled_from(_TYPES), fields=st.dictionaries(st.sampled_from(_KEYS), _json))
 def test_any_signed_payload_gets_an_answer_and_no_traceback(
-    bot: Bot, slack: MockSlackAPI, caplog: pytest.LogCaptureFixture, kind: str,
+    bot: Bot,
+    slack: MockSlackAPI,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
     fields: dict[str, Any],
 ) -> None:
     caplog.clear()
@@ -276,7 +279,8 @@ def test_any_signed_payload_gets_an_answer_and_no_traceback(
         answer = bot.post(_payload(body), timeout=30)
     assert answer.status in (200, 400, 404), (answer.status, body)
     failures = [
-        r.getMessage() for r in caplog.records
+        r.getMessage()
+        for r in caplog.records
         if r.exc_info and r.name.startswith(("chatbot.slack.bolt", "chatbot.slack.http"))
     ]
     assert failures == [], body
