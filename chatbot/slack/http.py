@@ -61,6 +61,22 @@ MAX_HEADER_BYTES = 32 * 1024
 # cheap (the loop reads, only complete requests reach a thread), so the budget is large and
 # the deadlines below are what frees it: a slow client is closed within READ_HEADERS_SECONDS.
 CONNECTION_LIMIT = 1000
+
+
+def connection_budget(limit: int = CONNECTION_LIMIT) -> int:
+    """:data:`CONNECTION_LIMIT`, or half the process's file descriptor limit when that is
+    lower (a container's 1024): the rest is for Redis, the broker, Slack and files."""
+    try:
+        import resource  # Unix only
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return limit
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return limit
+    return max(16, min(limit, soft // 2))
+
+
 # From a request's first byte (or the connection's opening) to the end of its headers, and to
 # the end of its body. Slack sends a request in one go; these only bound abusive clients.
 READ_HEADERS_SECONDS = 10.0
@@ -469,7 +485,7 @@ class HttpServer:
             asyncore_use_poll=True,
             max_request_body_size=MAX_BODY_BYTES,
             max_request_header_size=MAX_HEADER_BYTES,
-            connection_limit=CONNECTION_LIMIT,
+            connection_limit=connection_budget(),
             channel_timeout=IDLE_CONNECTION_SECONDS,
             cleanup_interval=IDLE_CHECK_SECONDS,
         )
