@@ -44,6 +44,7 @@ from chatbot.store.records import MemoryRecordStore
 logger = logging.getLogger(__name__)
 
 QUEUE_CACHE_SECONDS = 10.0
+GROUP_LOOKUP_TIMEOUT = 2  # seconds (slack_sdk takes an int)
 # /healthz never calls the shared state store itself (a hung Redis would hang the probe):
 # a background thread reads the store's facts this often, and /healthz serves the last
 # reading, or 503 when it is older than STORE_FACTS_STALE_SECONDS (the read is stuck).
@@ -55,6 +56,20 @@ LOCAL_LEASE_WAIT = 5.0
 
 def _secrets(settings: Settings) -> tuple[str, ...]:
     return settings.secret_values
+
+
+def group_lookup_client(web_client: WebClient) -> WebClient:
+    """The bot's client for user-group lookups: they may run while a command is acked (an
+    operator check), so a slow or rate-limited Slack fails the lookup after a short wait
+    ("groups could not be checked, try again") instead of holding the ack past 3 s."""
+    return make_web_client(
+        web_client.token or "",
+        web_client.base_url,
+        timeout=GROUP_LOOKUP_TIMEOUT,
+        proxy=web_client.proxy,
+        ssl=web_client.ssl,
+        retries=False,
+    )
 
 
 def make_celery_app(settings: Settings) -> Celery:
@@ -165,7 +180,9 @@ class Service:
         self.renderer = Renderer()
         self.registry: Registry = build_registry()
         self.dispatcher = Dispatcher(self.registry, self.renderer)
-        resolver = SlackGroupResolver(web_client) if web_client is not None else None
+        resolver = (
+            SlackGroupResolver(group_lookup_client(web_client)) if web_client is not None else None
+        )
         self.authorizer = Authorizer.from_settings(settings, resolver)
         self.audit = AuditLog(
             channel_poster=self._post_audit if settings.audit_channel and web_client else None,

@@ -311,3 +311,29 @@ def test_two_replicas_through_a_state_outage_past_the_lease_keep_or_count_every_
                 return shown == len(during) or int(report.json()["event_loss_detected"]) > 0
 
             wait_until(settled, timeout=120, interval=1, what="events shown or counted lost")
+
+
+def test_a_slow_slack_fails_a_group_lookup_in_the_ack_instead_of_holding_it(
+    redis_url_factory: Callable[[], str],
+) -> None:
+    # An operator check may look a user group up while the command is acked (mute is
+    # answered in the ack). Slack answering after 8 s must not be waited for.
+    group = "S0OPSGROUP"
+    with MockSlackAPI() as slack:
+        slack.set_channel("C0ALERTS01", is_member=True)
+
+        def slow_members(params: dict[str, Any]) -> dict[str, Any]:
+            time.sleep(8)
+            return {"ok": True, "users": ["U0OPERATOR1"]}
+
+        with running_bot(
+            redis_url_factory(),
+            slack,
+            CHATOPS_ALERT_CHANNEL="C0ALERTS01",
+            CHATOPS_OPERATORS=group,
+        ) as bot:
+            slack.set_handler("usergroups.users.list", slow_members)
+            answer = bot.command("mute backlog:celery 1h", "mute", timeout=60)
+            assert answer.status == 200
+            text = _answer_text(answer)
+            assert "could not be checked" in text and "Muted" not in text, text
