@@ -19,11 +19,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatbot.approvals import APPROVE_ACTION_ID
+from chatbot.approvals import APPROVE_ACTION_ID, DENY_ACTION_ID
 from chatbot.demo.embedded import EmbeddedRedis
 from chatbot.slack.gate import RequestGate
 from chatbot.store.redis import RedisRecordStore
 from chatbot.store.redis.connection import connect_for_requests
+from chatbot.task_actions import GROUP_ACTION_ID, TASK_MENU_ACTION_ID, WORKER_MENU_ACTION_ID
 from tests.fleet_app import HANG, make_app
 from tests.support import wait_until
 from tests.support.bot import (
@@ -246,10 +247,20 @@ def test_the_replay_window_is_shared_by_replicas_and_holds_through_a_store_outag
 _KEYS = (
     "id", "type", "action_id", "value", "block_id", "user", "channel", "team", "enterprise",
     "message", "container", "channel_id", "message_ts", "ts", "tab", "event", "actions",
-    "text", "subteam", "authorizations", "previous_message", "item",
+    "text", "subteam", "authorizations", "previous_message", "item", "selected_option",
+)  # fmt: skip
+# The app's own buttons and menus, so that clicks reach real listeners too.
+_ACTION_IDS = (
+    APPROVE_ACTION_ID, DENY_ACTION_ID, TASK_MENU_ACTION_ID, GROUP_ACTION_ID,
+    WORKER_MENU_ACTION_ID,
 )  # fmt: skip
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=4) | st.sampled_from(_KEYS),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text(max_size=4)
+    | st.sampled_from(_KEYS)
+    | st.sampled_from(_ACTION_IDS),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4)
     ),

@@ -107,6 +107,12 @@ def _action(value: Any) -> bool:
         and _optional(value, "block_id", _is_str)
         and _optional(value, "value", _is_str)
         and _optional(value, "type", _is_str)
+        # An overflow menu's or a select's choice (chatbot/slack/app.py, _click)
+        and _optional(
+            value,
+            "selected_option",
+            lambda option: isinstance(option, dict) and _optional(option, "value", _is_str),
+        )
     )
 
 
