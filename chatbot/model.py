@@ -32,6 +32,14 @@ HEARTBEAT_EXPIRE_FACTOR = 2.0
 DEFAULT_HEARTBEAT_FREQ = 2.0
 
 
+def exception_type_of(exception: str | None) -> str | None:
+    """``ValueError`` for ``ValueError('boom')``; the exception text up to its '('."""
+    if not exception:
+        return None
+    head = exception.split("(", 1)[0].strip()
+    return head or None
+
+
 @dataclass(slots=True)
 class Task:
     uuid: str
@@ -75,10 +83,7 @@ class Task:
     @property
     def exception_type(self) -> str | None:
         """``ValueError`` for ``ValueError('boom')``; the exception text up to its '('."""
-        if not self.exception:
-            return None
-        head = self.exception.split("(", 1)[0].strip()
-        return head or None
+        return exception_type_of(self.exception)
 
     def runtime_so_far(self, now: float) -> float | None:
         if self.runtime is not None:

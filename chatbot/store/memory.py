@@ -77,6 +77,7 @@ from chatbot.model import (
     StreamHealth,
     Task,
     Worker,
+    exception_type_of,
 )
 from chatbot.redaction import FieldLimits, Redactor, clip
 
@@ -91,6 +92,17 @@ TASK_EVENT_STATE = {
     "task-failed": FAILURE,
     "task-revoked": REVOKED,
     "task-rejected": REJECTED,
+}
+
+# Task event types as the store reads them: (its spelling, the state it moves to, a code).
+# The codes' order matters: _apply_task_event tests ranges of them.
+_KIND_ORDER = (
+    "task-sent", "task-received", "task-started", "task-succeeded", "task-failed",
+    "task-retried", "task-revoked", "task-rejected",
+)  # fmt: skip
+_SENT, _RECEIVED, _STARTED, _SUCCEEDED, _FAILED, _RETRIED, _REVOKED, _REJECTED = range(8)
+_TASK_KINDS: dict[str, tuple[str, str, int]] = {
+    kind: (_intern(kind), TASK_EVENT_STATE[kind], code) for code, kind in enumerate(_KIND_ORDER)
 }
 
 # Finished states are sticky; among them the higher precedence wins (as in celery.states).
@@ -109,7 +121,6 @@ _EVICTION_ORDER: tuple[tuple[str, ...], ...] = (
 MAX_EVENT_TYPES = 64  # distinct event type names counted; the rest count as "other"
 MAX_FAILURE_TIMES = 100_000  # failure times kept per name for the spike window
 MAX_LABEL_SETS = 20_000  # metric label combinations kept (worker x type x task name)
-_TASK_FIELDS: tuple[str, ...] = tuple(Task.__slots__)
 _FailureEntry = tuple[float, str, str, str]  # failed at, uuid, exception type, task name
 Sample = tuple[str, float]  # task name, and a failure time or a runtime
 
@@ -123,15 +134,112 @@ TRACEBACK_DICTIONARY = 4096
 _DEFLATE = (1, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
 
 
-class _Record(Task):
-    """A retained task: a :class:`Task` whose traceback may be held compressed in ``packed``
-    (then ``traceback`` is None); the store's snapshots hand out the text."""
+class _Rare:
+    """The fields of a task that most tasks never set, kept apart from the record so that a
+    record does not carry ten empty slots (80 bytes of each of 100,000 records).
 
-    __slots__ = ("packed",)
+    Records share :data:`_NO_RARE` (every field at its default, never written) until one of
+    these fields is set; :meth:`MemoryStore._rare` then gives the record its own.
+    """
+
+    __slots__ = (
+        "eta",
+        "expires",
+        "parent_id",
+        "queue",
+        "retried",
+        "retries",
+        "routing_key",
+        "sent",
+        "signum",
+        "terminated",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.queue: str | None = None
+        self.routing_key: str | None = None
+        self.sent: float | None = None
+        self.retried: float | None = None
+        self.retries = 0
+        self.parent_id: str | None = None
+        self.eta: str | None = None
+        self.expires: str | None = None
+        self.terminated = False
+        self.signum: str | None = None
+
+
+_NO_RARE = _Rare()
+_RARE_FIELDS: tuple[str, ...] = _Rare.__slots__
+_RARE_DEFAULTS: dict[str, Any] = {name: getattr(_NO_RARE, name) for name in _RARE_FIELDS}
+
+
+class _Record:
+    """A retained task: the fields most tasks set, the rest in ``rare`` (see :class:`_Rare`).
+
+    16 slots, i.e. 160 bytes with the collector's header, where a :class:`Task` takes 240.
+    The traceback is held in ``tb`` as text, or compressed (bytes, see TRACEBACK_DICTIONARY);
+    :attr:`traceback` and :attr:`packed` read it back as one or the other. Handed out as a
+    :class:`Task` by :meth:`MemoryStore._snap`, with the traceback as text.
+    """
+
+    __slots__ = (
+        "args",
+        "exception",
+        "finished",
+        "kwargs",
+        "name",
+        "rare",
+        "received",
+        "result",
+        "root_id",
+        "runtime",
+        "started",
+        "state",
+        "state_ts",
+        "tb",
+        "uuid",
+        "worker",
+    )  # fmt: skip
 
     def __init__(self, uuid: str, state_ts: float) -> None:
-        super().__init__(uuid=uuid, state_ts=state_ts)
-        self.packed: bytes | None = None
+        self.uuid = uuid
+        self.name: str | None = None
+        self.state = PENDING
+        self.state_ts = state_ts  # time of the event that set ``state``
+        self.worker: str | None = None
+        self.args: str | None = None
+        self.kwargs: str | None = None
+        self.result: str | None = None
+        self.received: float | None = None
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.runtime: float | None = None
+        self.exception: str | None = None
+        self.tb: str | bytes | None = None
+        self.root_id: str | None = None
+        self.rare = _NO_RARE
+
+    @property
+    def traceback(self) -> str | None:
+        """The traceback when it is held as text (None when compressed)."""
+        tb = self.tb
+        return tb if type(tb) is str else None
+
+    @property
+    def packed(self) -> bytes | None:
+        """The compressed traceback (None when it is held as text)."""
+        tb = self.tb
+        return tb if type(tb) is bytes else None
+
+    @property
+    def exception_type(self) -> str | None:
+        return exception_type_of(self.exception)
+
+
+# The fields a record holds itself, as a Task spells them (the traceback is handled apart).
+_RECORD_FIELDS: tuple[str, ...] = tuple(
+    name for name in _Record.__slots__ if name not in ("uuid", "tb", "rare")
+)
 
 
 class _Ordered:
@@ -257,18 +365,55 @@ class MemoryStore:
     # ------------------------------------------------------------------ writing
     def apply(self, events: Iterable[Mapping[str, Any]]) -> int:
         applied = 0
+        malformed = 0
         with self._lock:
             now = self.clock()
-            apply_one = self._apply_one
-            for event in events:
-                try:
-                    if apply_one(event, now):
-                        applied += 1
-                    else:
-                        self._health.malformed += 1
-                except (TypeError, ValueError, AttributeError, KeyError):
-                    self._health.malformed += 1
-            self._health.events_total += applied
+            health = self._health
+            counts = health.events_by_type
+            task_kinds = _TASK_KINDS
+            apply_task = self._apply_task_event
+            # Held in a local for the batch (the lock is ours throughout), written back below.
+            last_event_at = health.last_event_at
+            try:
+                for event in events:
+                    try:
+                        kind = event.get("type")
+                        if not isinstance(kind, str):
+                            malformed += 1
+                            continue
+                        received_at = event.get("local_received")
+                        if received_at is None:
+                            local = now
+                        elif type(received_at) is float:
+                            local = received_at
+                        else:
+                            local = float(received_at)
+                        if last_event_at is None or local > last_event_at:
+                            last_event_at = local
+                        count = counts.get(kind)
+                        if count is not None:
+                            counts[kind] = count + 1
+                        elif len(counts) < MAX_EVENT_TYPES:
+                            counts[kind] = 1
+                        else:
+                            counts["other"] = counts.get("other", 0) + 1
+                        spec = task_kinds.get(kind)
+                        if spec is not None:
+                            ok = apply_task(spec, event, local)
+                        elif kind.startswith("worker-"):
+                            ok = self._apply_worker_event(kind, event, local)
+                        else:
+                            ok = True  # a custom event type: counted, nothing to keep
+                        if ok:
+                            applied += 1
+                        else:
+                            malformed += 1
+                    except (TypeError, ValueError, AttributeError, KeyError):
+                        malformed += 1
+            finally:
+                health.last_event_at = last_event_at
+                health.malformed += malformed
+                health.events_total += applied
         self._freeze_when_due()
         return applied
 
@@ -280,38 +425,30 @@ class MemoryStore:
         gc.collect(1)  # the young generations' cycles die before they could be frozen
         gc.freeze()
 
-    def _apply_one(self, event: Mapping[str, Any], now: float) -> bool:
-        kind = event.get("type")
-        if not isinstance(kind, str):
-            return False
-        received_at = event.get("local_received")
-        local = float(received_at) if received_at is not None else now
-        health = self._health
-        if health.last_event_at is None or local > health.last_event_at:
-            health.last_event_at = local
-        counts = health.events_by_type
-        if kind in counts:
-            counts[kind] += 1
-        elif len(counts) < MAX_EVENT_TYPES:
-            counts[kind] = 1
-        else:
-            counts["other"] = counts.get("other", 0) + 1
-
-        state = TASK_EVENT_STATE.get(kind)
-        if state is not None:
-            return self._apply_task_event(kind, state, event, local)
-        if kind.startswith("worker-"):
-            return self._apply_worker_event(kind, event, local)
-        return True  # a custom event type: counted, nothing to keep
+    @staticmethod
+    def _rare(task: _Record) -> _Rare:
+        """The record's own :class:`_Rare`, made on the first rare field set."""
+        rare = task.rare
+        if rare is _NO_RARE:
+            rare = task.rare = _Rare()
+        return rare
 
     def _apply_task_event(
-        self, kind: str, state: str, event: Mapping[str, Any], local: float
+        self, spec: tuple[str, str, int], event: Mapping[str, Any], local: float
     ) -> bool:
+        # ``kind`` is the table's own (interned) spelling: its hash is computed once, not once
+        # an event, where it keys the counters.
+        kind, state, code = spec
         uuid = event.get("uuid")
         if not isinstance(uuid, str) or not uuid:
             return False
         raw_ts = event.get("timestamp")
-        ts = float(raw_ts) if raw_ts is not None else local
+        if raw_ts is None:
+            ts = local
+        elif type(raw_ts) is float:
+            ts = raw_ts
+        else:
+            ts = float(raw_ts)
         task = self._tasks.get(uuid)
         created = task is None
         if task is None:
@@ -320,7 +457,7 @@ class MemoryStore:
                 # Evicted already: a late event is judged against the state the task left in,
                 # as if it were still here. One that would not move it creates nothing (a
                 # task-started after its success was evicted is not a running task).
-                requeue = kind == "task-rejected" and bool(event.get("requeue"))
+                requeue = code == _REJECTED and bool(event.get("requeue"))
                 if requeue:
                     state = PENDING
                 # Without its state's time, a RETRY accepts any newer attempt.
@@ -335,22 +472,22 @@ class MemoryStore:
             self._tasks[uuid] = task
             self._created_since_freeze += 1
 
-        limits = self._limits
-        name = event.get("name")
-        if name and task.name is None:
-            task.name = _intern(str(name))
-            self._join(self._by_name, task.name, uuid)
-            self._touch_name(task.name)
-            if task.state == FAILURE:  # the failure arrived before the event naming the task
-                self._drop_failure("?", task)
-                self._add_failure(task.name, task)
+        if task.name is None:
+            name = event.get("name")
+            if name:
+                task.name = _intern(str(name))
+                self._join(self._by_name, task.name, uuid)
+                self._touch_name(task.name)
+                if task.state == FAILURE:  # the failure arrived before the event naming it
+                    self._drop_failure("?", task)
+                    self._add_failure(task.name, task)
         hostname = event.get("hostname")
         # A late event from an earlier attempt (before a retry moved the task) must not move
         # the task back to that attempt's worker.
         if (
             hostname
-            and kind != "task-sent"
             and task.worker != hostname
+            and code != _SENT
             and (task.worker is None or ts >= task.state_ts)
         ):
             if task.worker is not None:
@@ -358,43 +495,23 @@ class MemoryStore:
             task.worker = _intern(str(hostname))
             self._join(self._by_worker, task.worker, uuid)
 
-        if kind == "task-received" or kind == "task-sent":
-            if task.args is None and "args" in event:
-                task.args = clip(self._redactor.args(event["args"]), limits.args)
-            if task.kwargs is None and "kwargs" in event:
-                task.kwargs = clip(self._redactor.kwargs(event["kwargs"]), limits.kwargs)
-            retries = event.get("retries")
-            if retries is not None and int(retries) > task.retries:
-                task.retries = int(retries)
-            for field in ("parent_id", "root_id", "eta", "expires"):
-                value = event.get(field)
-                if value is not None and getattr(task, field) is None:
-                    text = str(value)
-                    # A root task is its own root: share the id's string, not a copy of it.
-                    setattr(task, field, uuid if text == uuid else text)
-            if kind == "task-sent":
-                task.sent = ts
-                queue = event.get("queue")
-                if queue and task.queue is None:
-                    task.queue = _intern(str(queue))
-                routing_key = event.get("routing_key")
-                if routing_key and task.routing_key is None:
-                    task.routing_key = _intern(str(routing_key))
-            elif task.received is None or ts > task.received:
-                task.received = ts
-        elif kind == "task-started":
+        if code == _STARTED:
             if task.started is None or ts > task.started:
                 task.started = ts
-        elif kind == "task-succeeded":
+        elif code == _SUCCEEDED:
             if "result" in event:
-                task.result = self._redactor.clipped(event["result"], limits.result)
+                task.result = self._redactor.clipped(event["result"], self._limits.result)
             runtime = event.get("runtime")
             if runtime is not None:
                 task.runtime = float(runtime)
-        elif kind == "task-failed" or kind == "task-retried":
-            if task.retried is not None and kind == "task-failed" and ts < task.retried:
+        elif code <= _RECEIVED:
+            self._on_queued(task, code, event, ts)
+        elif code <= _RETRIED:  # task-failed or task-retried
+            rare = task.rare
+            if rare.retried is not None and code == _FAILED and ts < rare.retried:
                 pass  # a stale failure report from before the latest retry
             else:
+                limits = self._limits
                 exception = event.get("exception")
                 if exception is not None:
                     task.exception = self._redactor.clipped(exception, limits.exception)
@@ -403,37 +520,83 @@ class MemoryStore:
                     self._keep_traceback(
                         task, self._redactor.clipped_tail(traceback, limits.traceback)
                     )
-            if kind == "task-retried" and (task.retried is None or ts > task.retried):
-                task.retried = ts
-        elif kind == "task-revoked":
-            task.terminated = bool(event.get("terminated")) or task.terminated
+            if code == _RETRIED and (rare.retried is None or ts > rare.retried):
+                self._rare(task).retried = ts
+        elif code == _REVOKED:
+            terminated = bool(event.get("terminated")) or task.rare.terminated
+            if terminated:
+                self._rare(task).terminated = terminated
             signum = event.get("signum")
             if signum is not None:
-                task.signum = str(signum)
+                self._rare(task).signum = str(signum)
 
         if self._track:
             self._changed.add(uuid)
         self._count(task.worker or "", kind, task.name or "", task.runtime)
-        requeued = kind == "task-rejected" and bool(event.get("requeue"))
+        requeued = code == _REJECTED and bool(event.get("requeue"))
         if requeued:
             state = PENDING  # handed back to the queue: waiting again, not finished
-        self._transition(task, state, ts, created, requeued)
-        if created and len(self._tasks) > self.max_tasks:
-            self._evict(protect=uuid)
+        if created:
+            self._enter(task, state, ts)
+            if len(self._tasks) > self.max_tasks:
+                self._evict(protect=uuid)
+        elif state is not task.state and _moves(task.state, state, ts, task.state_ts, requeued):
+            self._transition(task, state, ts)
         return True
 
-    def _transition(
-        self, task: Task, new: str, ts: float, created: bool, requeued: bool = False
-    ) -> None:
+    def _on_queued(self, task: _Record, code: int, event: Mapping[str, Any], ts: float) -> None:
+        """The fields of a task-sent or task-received."""
+        limits = self._limits
+        if task.args is None and "args" in event:
+            task.args = clip(self._redactor.args(event["args"]), limits.args)
+        if task.kwargs is None and "kwargs" in event:
+            task.kwargs = clip(self._redactor.kwargs(event["kwargs"]), limits.kwargs)
+        uuid = task.uuid
+        retries = event.get("retries")
+        if retries is not None and int(retries) > task.rare.retries:
+            self._rare(task).retries = int(retries)
+        for field in ("parent_id", "root_id", "eta", "expires"):
+            value = event.get(field)
+            if value is None:
+                continue
+            if field == "root_id":
+                if task.root_id is None:
+                    text = str(value)
+                    # A root task is its own root: share the id's string, not a copy of it.
+                    task.root_id = uuid if text == uuid else text
+            elif getattr(task.rare, field) is None:
+                text = str(value)
+                setattr(self._rare(task), field, uuid if text == uuid else text)
+        if code == _SENT:
+            rare = self._rare(task)
+            rare.sent = ts
+            queue = event.get("queue")
+            if queue and rare.queue is None:
+                rare.queue = _intern(str(queue))
+            routing_key = event.get("routing_key")
+            if routing_key and rare.routing_key is None:
+                rare.routing_key = _intern(str(routing_key))
+        elif task.received is None or ts > task.received:
+            task.received = ts
+
+    def _enter(self, task: _Record, new: str, ts: float) -> None:
+        """A new record takes the state of its first event."""
+        task.state = new
+        group = self._by_state[new]
+        group.ids.append(task.uuid)
+        group.live += 1
+        if len(group.ids) > 2 * group.live + 32:
+            self._compact(group, "state", new)
+        task.state_ts = ts
+        if new in _TERMINAL_PRECEDENCE:
+            self._finish(task, new, ts)
+
+    def _transition(self, task: _Record, new: str, ts: float) -> None:
+        """Moves ``task`` to ``new`` (``_moves`` said it should)."""
         current = task.state
-        if created:
-            pass  # a new record takes the state of its first event
-        elif not _moves(current, new, ts, task.state_ts, requeued):
-            return
-        else:
-            if current == FAILURE:
-                self._drop_failure(task.name or "?", task)  # before ``finished`` changes
-            self._by_state[current].live -= 1
+        if current == FAILURE:
+            self._drop_failure(task.name or "?", task)  # before ``finished`` changes
+        self._by_state[current].live -= 1
         task.state = new  # before a compaction, which counts the members by their state
         group = self._by_state[new]
         group.ids.append(task.uuid)
@@ -442,10 +605,13 @@ class MemoryStore:
             self._compact(group, "state", new)
         task.state_ts = ts
         if new in _TERMINAL_PRECEDENCE:
-            task.finished = ts
-            if task.runtime is None and task.started is not None and new == FAILURE:
-                task.runtime = max(0.0, ts - task.started)
+            self._finish(task, new, ts)
+
+    def _finish(self, task: _Record, new: str, ts: float) -> None:
+        task.finished = ts
         if new == FAILURE:
+            if task.runtime is None and task.started is not None:
+                task.runtime = max(0.0, ts - task.started)
             name = task.name or "?"
             self._add_failure(name, task)
             self._record_failure(name, ts)
@@ -457,14 +623,14 @@ class MemoryStore:
                 self._new_runtimes.append((task.name, task.runtime))
 
     def _keep_traceback(self, task: _Record, text: str | None) -> None:
-        """``task.traceback = text``, compressed once the dictionary exists."""
+        """The record's traceback is ``text``, compressed once the dictionary exists."""
         dictionary = self._traceback_dictionary
         if text is None:
-            task.traceback, task.packed = None, None
+            task.tb = None
             return
         if dictionary is None:
             # The first tracebacks are kept as they are, and become the dictionary.
-            task.traceback, task.packed = text, None
+            task.tb = text
             self._traceback_seed.append(text)
             self._traceback_seed_size += len(text)
             if self._traceback_seed_size >= TRACEBACK_DICTIONARY:
@@ -474,18 +640,25 @@ class MemoryStore:
             return
         packer = zlib.compressobj(*_DEFLATE, dictionary)
         packed = packer.compress(text.encode("utf-8", "surrogatepass")) + packer.flush()
-        if len(packed) < len(text):
-            task.traceback, task.packed = None, packed
-        else:
-            task.traceback, task.packed = text, None
+        task.tb = packed if len(packed) < len(text) else text
 
     def _snap(self, task: _Record) -> Task:
         """The record as handed out: a :class:`Task`, its traceback as text."""
-        snap = task.snapshot()
-        if task.packed is not None:
+        # Spelled out, positionally: queries snapshot every task they return.
+        rare = task.rare
+        held = task.tb
+        if isinstance(held, bytes):
             unpacker = zlib.decompressobj(-15, self._traceback_dictionary or b"")
-            snap.traceback = unpacker.decompress(task.packed).decode("utf-8", "surrogatepass")
-        return snap
+            traceback: str | None = unpacker.decompress(held).decode("utf-8", "surrogatepass")
+        else:
+            traceback = held
+        return Task(
+            task.uuid, task.name, task.state, task.args, task.kwargs, task.worker, rare.queue,
+            rare.routing_key, rare.sent, task.received, task.started, task.finished,
+            rare.retried, task.runtime, rare.retries, task.exception, traceback, task.result,
+            rare.parent_id, task.root_id, rare.eta, rare.expires, rare.terminated, rare.signum,
+            task.state_ts,
+        )  # fmt: skip
 
     def _count(self, worker: str, kind: str, name: str, runtime: float | None) -> None:
         """The /metrics counters of one task event, labelled as Flower labels them."""
@@ -567,7 +740,7 @@ class MemoryStore:
             self._failure_times.pop(stale, None)
             self._runtimes.pop(stale, None)
 
-    def _add_failure(self, name: str, task: Task) -> None:
+    def _add_failure(self, name: str, task: _Record) -> None:
         entry: _FailureEntry = (
             task.finished if task.finished is not None else task.state_ts,
             task.uuid,
@@ -578,7 +751,7 @@ class MemoryStore:
         insort(self._failed_by_time, entry)
         insort(self._failed_by_kind.setdefault((name, entry[2]), []), entry)
 
-    def _drop_failure(self, name: str, task: Task) -> None:
+    def _drop_failure(self, name: str, task: _Record) -> None:
         key = (task.finished if task.finished is not None else task.state_ts, task.uuid)
         kind: str | None = None
         by_name = self._failed_by_name.get(name)
@@ -624,7 +797,7 @@ class MemoryStore:
         """
         tasks = self._tasks
         for states in _EVICTION_ORDER:
-            oldest: Task | None = None
+            oldest: _Record | None = None
             for state in states:
                 group = self._by_state[state]
                 if not group.live:
@@ -797,10 +970,14 @@ class MemoryStore:
                 if stored.uuid in self._tasks:
                     continue
                 task = _Record(stored.uuid, stored.state_ts)
-                for field in _TASK_FIELDS:
+                for field in _RECORD_FIELDS:
                     setattr(task, field, getattr(stored, field))
-                if task.traceback is not None:
-                    self._keep_traceback(task, task.traceback)
+                for field in _RARE_FIELDS:
+                    value = getattr(stored, field)
+                    if value != _RARE_DEFAULTS[field]:
+                        setattr(self._rare(task), field, value)
+                if stored.traceback is not None:
+                    self._keep_traceback(task, stored.traceback)
                 self._tasks[task.uuid] = task
                 group = self._by_state[task.state]
                 group.ids.append(task.uuid)
