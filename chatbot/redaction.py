@@ -138,9 +138,12 @@ class Redactor:
         # The one look every string gets: any keyword, token marker or "://" at all? Searched
         # in the lower-cased text with one compiled alternation of literals, which measured
         # faster than a loop of ``in`` tests or a case-insensitive pattern (bench.events'
-        # args and kwargs); only a string that has one goes on to the patterns.
+        # args and kwargs); only a string that has one goes on to the patterns. The
+        # alternation is written as a prefix tree (``a(?:kia|pi(?:_key|key)|...)``): the same
+        # literals, but a position is ruled out after one or two characters instead of one
+        # try per literal (~35 % less time on args, kwargs and a fleet's tracebacks).
         markers = (*self.keys, *_TOKEN_MARKERS, "://")
-        self._any_marker = re.compile("|".join(re.escape(m) for m in markers))
+        self._any_marker = re.compile(_prefix_tree(markers))
 
     def _mentions_key(self, lowered: str) -> bool:
         # A plain substring test first: it is several times faster than the case-insensitive
@@ -250,6 +253,24 @@ def _replace_value(match: re.Match[str]) -> str:
     else:
         replacement = REDACTED_TEXT
     return f"{match.group('key')}{match.group('sep')}{replacement}"
+
+
+def _prefix_tree(literals: Iterable[str]) -> str:
+    """A pattern that matches where any of ``literals`` starts (for ``search``: it stops at
+    the shortest literal where one is the prefix of another, which is a match all the same)."""
+    by_first: dict[str, list[str]] = {}
+    for literal in sorted(set(literals)):
+        if literal:
+            by_first.setdefault(literal[0], []).append(literal[1:])
+    branches = []
+    for first, rests in by_first.items():
+        if "" in rests:  # the literal ends here: longer ones add nothing to a search
+            branches.append(re.escape(first))
+        elif len(rests) == 1:
+            branches.append(re.escape(first + rests[0]))
+        else:
+            branches.append(f"{re.escape(first)}(?:{_prefix_tree(rests)})")
+    return "|".join(branches)
 
 
 def _mentions_token(lowered: str) -> bool:
