@@ -537,16 +537,34 @@ class MemoryStore:
 
         if self._track:
             self._changed.add(uuid)
-        self._count(task.worker or "", kind, task.name or "", task.runtime)
-        requeued = code == _REJECTED and bool(event.get("requeue"))
-        if requeued:
-            state = PENDING  # handed back to the queue: waiting again, not finished
-        if created:
+        # The /metrics counters (as _count does; written out: this runs for every event).
+        worker = task.worker or ""
+        name = task.name or ""
+        key = (worker, kind, name)
+        counters = self._counters
+        events = counters.events
+        count = events.get(key)
+        if count is not None:
+            events[key] = count + 1
+        elif len(events) < MAX_LABEL_SETS:
+            events[key] = 1
+        else:
+            counters.labels_dropped += 1
+        if code == _SUCCEEDED and task.runtime is not None:
+            self._observe_runtime(worker, name, task.runtime)
+
+        if code == _REJECTED and event.get("requeue"):
+            # Handed back to the queue: waiting again, not finished.
+            if created:
+                self._enter(task, PENDING, ts)
+            elif _moves(task.state, PENDING, ts, task.state_ts, True):
+                self._transition(task, PENDING, ts)
+        elif created:
             self._enter(task, state, ts)
-            if len(self._tasks) > self.max_tasks:
-                self._evict(protect=uuid)
-        elif state is not task.state and _moves(task.state, state, ts, task.state_ts, requeued):
+        elif state is not task.state and _moves(task.state, state, ts, task.state_ts, False):
             self._transition(task, state, ts)
+        if created and len(self._tasks) > self.max_tasks:
+            self._evict(protect=uuid)
         return True
 
     def _on_queued(self, task: _Record, code: int, event: Mapping[str, Any], ts: float) -> None:
@@ -560,16 +578,19 @@ class MemoryStore:
         retries = event.get("retries")
         if retries is not None and int(retries) > task.rare.retries:
             self._rare(task).retries = int(retries)
-        for field in ("parent_id", "root_id", "eta", "expires"):
+        # In the order the fields were always read: parent_id, root_id, eta, expires.
+        value = event.get("parent_id")
+        if value is not None and task.rare.parent_id is None:
+            text = str(value)
+            self._rare(task).parent_id = uuid if text == uuid else text
+        value = event.get("root_id")
+        if value is not None and task.root_id is None:
+            text = str(value)
+            # A root task is its own root: share the id's string, not a copy of it.
+            task.root_id = uuid if text == uuid else text
+        for field in ("eta", "expires"):  # rarely set
             value = event.get(field)
-            if value is None:
-                continue
-            if field == "root_id":
-                if task.root_id is None:
-                    text = str(value)
-                    # A root task is its own root: share the id's string, not a copy of it.
-                    task.root_id = uuid if text == uuid else text
-            elif getattr(task.rare, field) is None:
+            if value is not None and getattr(task.rare, field) is None:
                 text = str(value)
                 setattr(self._rare(task), field, uuid if text == uuid else text)
         if code == _SENT:
@@ -680,16 +701,20 @@ class MemoryStore:
         else:
             counters.labels_dropped += 1
         if kind == "task-succeeded" and runtime is not None:
-            hist_key = (worker, name)
-            histogram = counters.runtimes.get(hist_key)
-            if histogram is None:
-                if len(counters.runtimes) >= MAX_LABEL_SETS:
-                    counters.labels_dropped += 1
-                    return
-                histogram = counters.runtimes[hist_key] = RuntimeHistogram()
-            histogram.buckets[bisect_left(RUNTIME_BUCKETS, runtime)] += 1
-            histogram.total += runtime
-            histogram.count += 1
+            self._observe_runtime(worker, name, runtime)
+
+    def _observe_runtime(self, worker: str, name: str, runtime: float) -> None:
+        counters = self._counters
+        hist_key = (worker, name)
+        histogram = counters.runtimes.get(hist_key)
+        if histogram is None:
+            if len(counters.runtimes) >= MAX_LABEL_SETS:
+                counters.labels_dropped += 1
+                return
+            histogram = counters.runtimes[hist_key] = RuntimeHistogram()
+        histogram.buckets[bisect_left(RUNTIME_BUCKETS, runtime)] += 1
+        histogram.total += runtime
+        histogram.count += 1
 
     # -- indexes and per-name statistics
     def _join(self, index: dict[str, _Ordered], key: str, uuid: str) -> None:
