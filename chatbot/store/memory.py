@@ -321,6 +321,7 @@ class MemoryStore:
         self._lock = threading.Lock()
 
         self._tasks: dict[str, _Record] = {}
+        self._tasks_bytes = sys.getsizeof(self._tasks)  # see _compact_tasks_when_grown
         self._traceback_dictionary: bytes | None = None  # see TRACEBACK_DICTIONARY
         self._traceback_packer: Any = None  # zlib's Compress, primed with the dictionary
         self._traceback_seed: list[str] = []
@@ -419,8 +420,23 @@ class MemoryStore:
                 health.last_event_at = last_event_at
                 health.malformed += malformed
                 health.events_total += applied
+            self._compact_tasks_when_grown()
         self._freeze_when_due()
         return applied
+
+    def _compact_tasks_when_grown(self) -> None:
+        """Copy the task dict into a table sized for what it holds, each time it grew.
+
+        At the cap every new task evicts one, and a dict never shrinks on deletes: once its
+        slots are used up it rebuilds itself with room for three times its live entries, where
+        a copy has room for one and a half. At 100,000 tasks that is 7.7 MB against 3.8 MB
+        (~38 bytes per retained task), for a copy of a few milliseconds every ~75,000 new
+        tasks. (``{**d}``, not ``dict(d)``: the latter clones a clean table at its size.)
+        """
+        size = sys.getsizeof(self._tasks)
+        if size > self._tasks_bytes:
+            self._tasks = {**self._tasks}
+            self._tasks_bytes = sys.getsizeof(self._tasks)
 
     def _freeze_when_due(self) -> None:
         """Out of the collector's reach: the records created since the last freeze."""
@@ -1033,6 +1049,7 @@ class MemoryStore:
                     self._evict(protect=task.uuid)
             for worker in workers:
                 self._workers.setdefault(worker.hostname, worker.snapshot())
+            self._compact_tasks_when_grown()
             self._created_since_freeze += len(self._tasks)
         self._freeze_when_due()  # a warm start's records are the longest-lived of all
 
