@@ -594,16 +594,23 @@ class MemoryStore:
         retries = event.get("retries")
         if retries is not None and int(retries) > task.rare.retries:
             self._rare(task).retries = int(retries)
-        # In the order the fields were always read: parent_id, root_id, eta, expires.
+        # In the order the fields were always read: parent_id, root_id, eta, expires. An id
+        # is held as the string of the same id already kept where there is one (a root task
+        # is its own root; a parent is often retained, and is often the root): an id costs
+        # 85 bytes a copy.
         value = event.get("parent_id")
         if value is not None and task.rare.parent_id is None:
             text = str(value)
-            self._rare(task).parent_id = uuid if text == uuid else text
+            self._rare(task).parent_id = uuid if text == uuid else self._kept_id(text)
         value = event.get("root_id")
         if value is not None and task.root_id is None:
             text = str(value)
-            # A root task is its own root: share the id's string, not a copy of it.
-            task.root_id = uuid if text == uuid else text
+            if text == uuid:
+                task.root_id = uuid
+            elif text == task.rare.parent_id:
+                task.root_id = task.rare.parent_id
+            else:
+                task.root_id = self._kept_id(text)
         for field in ("eta", "expires"):  # rarely set
             value = event.get(field)
             if value is not None and getattr(task.rare, field) is None:
@@ -620,6 +627,11 @@ class MemoryStore:
                 rare.routing_key = _intern(str(routing_key))
         elif task.received is None or ts > task.received:
             task.received = ts
+
+    def _kept_id(self, text: str) -> str:
+        """``text``, or the equal id string of a retained task."""
+        kept = self._tasks.get(text)
+        return kept.uuid if kept is not None else text
 
     def _enter(self, task: _Record, new: str, ts: float) -> None:
         """A new record takes the state of its first event."""
