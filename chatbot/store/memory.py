@@ -328,6 +328,11 @@ class MemoryStore:
         self._traceback_seed_size = 0
         # Tasks by state, name and worker, each in the order they joined (see _Ordered).
         self._by_state: dict[str, _Ordered] = {s: _Ordered() for s in TASK_STATES}
+        # _EVICTION_ORDER with each state's group beside it, as _evict walks it per eviction.
+        self._eviction_groups = tuple(
+            tuple((state, self._by_state[state]) for state in states)
+            for states in _EVICTION_ORDER
+        )
         self._by_name: dict[str, _Ordered] = {}
         self._by_worker: dict[str, _Ordered] = {}
         # Evicted ids and the state they were evicted in, the oldest forgotten first.
@@ -857,10 +862,9 @@ class MemoryStore:
         the ids that left it are popped, each popped once.
         """
         tasks = self._tasks
-        for states in _EVICTION_ORDER:
+        for groups in self._eviction_groups:
             oldest: _Record | None = None
-            for state in states:
-                group = self._by_state[state]
+            for state, group in groups:
                 if not group.live:
                     continue
                 ids = group.ids
@@ -884,10 +888,21 @@ class MemoryStore:
             self._changed.discard(uuid)
             self._removed.add(uuid)
         self._by_state[task.state].live -= 1
-        if task.name is not None:
-            self._leave(self._by_name, task.name)
-        if task.worker is not None:
-            self._leave(self._by_worker, task.worker)
+        # _leave, written out: once per eviction, i.e. once per new task at the cap.
+        name = task.name
+        if name is not None:
+            group = self._by_name.get(name)
+            if group is not None:
+                group.live -= 1
+                if group.live <= 0:
+                    del self._by_name[name]
+        worker = task.worker
+        if worker is not None:
+            group = self._by_worker.get(worker)
+            if group is not None:
+                group.live -= 1
+                if group.live <= 0:
+                    del self._by_worker[worker]
         if task.state == FAILURE:
             self._drop_failure(task.name or "?", task)
         self._remember(uuid, task.state)
