@@ -3,7 +3,8 @@
 - :mod:`chatbot.api.spec`: endpoint declarations, argument parsing, the OpenAPI document;
 - :mod:`chatbot.api.core`: the transport-free dispatcher and what handlers may use;
 - :mod:`chatbot.api.reads`: task and worker listings from the store;
-- :mod:`chatbot.api.control`: control endpoints through the approval service;
+- :mod:`chatbot.api.control`: control endpoints through the approval service (declared in
+  :mod:`chatbot.api.control_endpoints`);
 - :mod:`chatbot.api.serializers`: Flower-shaped JSON of the store's records;
 - :mod:`chatbot.api.search`: Flower's task-search syntax;
 - :mod:`chatbot.api.credentials`: ``CHATOPS_API_TOKENS``;
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from chatbot import __version__
-from chatbot.api.control import CONTROL_ENDPOINTS
+from chatbot.api.control_endpoints import CONTROL_ENDPOINTS
 from chatbot.api.core import ApiCore, ApiServices
 from chatbot.api.credentials import TokenBook
 from chatbot.api.reads import READ_ENDPOINTS
