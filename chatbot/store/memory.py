@@ -1,5 +1,10 @@
 """The in-process store: a compact state machine fed one Celery event at a time.
 
+This module is the writing side: events applied one at a time, transitions, eviction, the
+indexes' bookkeeping, warm starts, the changes a write-behind copy drains, GC freezing. The
+read side (every query) is :mod:`chatbot.store.queries`, a base class of :class:`MemoryStore`;
+the record layout and traceback compression are :mod:`chatbot.store.compact`.
+
 Design notes (why it looks like this):
 
 - Bounded in count and bytes. Tasks are capped at ``max_tasks``; payloads are redacted and
@@ -12,19 +17,11 @@ Design notes (why it looks like this):
 - Every triage question is answered from an index, never a scan: tasks by state (ordered by
   the time they entered it), by name, by worker, failures by name; per-name failure times for
   the spike window; a ring of recent runtimes per name for percentiles.
-- Indexes are append-only queues of ids checked against the record when read (see
-  :class:`_Ordered`), not dicts: eviction takes the head of a queue in constant time at any
-  cap (the first key of a dict deleted from the front is found by skipping every deleted
-  slot before it, which grows with the cap), and an id in a queue costs 8 bytes where a dict
-  entry under churn costs ~100.
-- Records are smaller than the :class:`Task` they are handed out as: the ten fields most
-  tasks never set (queue, routing key, sent, retried, retries, parent, eta, expires,
-  terminated, signum) live in a side object that all records share until one is set
-  (:class:`_Rare`), the traceback is one slot holding text or its compressed bytes, and a
-  child's parent and root ids point at id strings already kept. The task table, which a
-  dict under churn would let grow to three times its entries, is copied back to its size
-  each time it grew. (``python -m bench.store_perf``: 1,257 -> 1,155 bytes per retained
-  task at 100,000.)
+- Indexes are append-only queues of ids checked against the record when read, not dicts;
+  records are smaller than the :class:`Task` they are handed out as, and tracebacks are
+  kept compressed. The record layout and why: :mod:`chatbot.store.compact`. The task table,
+  which a dict under churn would let grow to three times its entries, is copied back to its
+  size each time it grew (:meth:`MemoryStore._compact_tasks_when_grown`).
 - No phantoms: the ids of evicted tasks are remembered (a bounded ring, with the state they
   left in), so a late event for one is checked against that state, as for a retained task: a
   ``task-started`` arriving after its task succeeded and was evicted creates nothing. The
@@ -57,12 +54,10 @@ import math
 import sys
 import threading
 import time
-import zlib
 from bisect import bisect_left, insort
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from operator import attrgetter
 from typing import Any
 
@@ -78,16 +73,37 @@ from chatbot.model import (
     STARTED,
     SUCCESS,
     TASK_STATES,
-    FailureSummary,
     FleetCounters,
     RuntimeHistogram,
-    RuntimeStats,
     StreamHealth,
     Task,
     Worker,
-    exception_type_of,
 )
 from chatbot.redaction import FieldLimits, Redactor, clip
+from chatbot.store.compact import (
+    NO_RARE,
+    RARE_DEFAULTS,
+    RARE_FIELDS,
+    RECORD_FIELDS,
+    Ordered,
+    Rare,
+    Record,
+    TracebackPacker,
+)
+from chatbot.store.queries import FailureEntry, MemoryQueries, percentile, runtime_stats_of
+
+# Read by the Redis reader and by callers of this module since before the read side moved.
+__all__ = [
+    "MAX_EVENT_TYPES",
+    "MAX_FAILURE_TIMES",
+    "MAX_LABEL_SETS",
+    "TASK_EVENT_STATE",
+    "MemoryStore",
+    "Sample",
+    "StoreChanges",
+    "percentile",
+    "runtime_stats_of",
+]
 
 _intern = sys.intern
 
@@ -129,147 +145,7 @@ _EVICTION_ORDER: tuple[tuple[str, ...], ...] = (
 MAX_EVENT_TYPES = 64  # distinct event type names counted; the rest count as "other"
 MAX_FAILURE_TIMES = 100_000  # failure times kept per name for the spike window
 MAX_LABEL_SETS = 20_000  # metric label combinations kept (worker x type x task name)
-_FailureEntry = tuple[float, str, str, str]  # failed at, uuid, exception type, task name
 Sample = tuple[str, float]  # task name, and a failure time or a runtime
-
-
-# Tracebacks are kept compressed with a preset dictionary: the first TRACEBACK_DICTIONARY
-# bytes of tracebacks this store saw. A fleet's tracebacks share most of their text (the
-# same Celery frames, the same code paths), so a ~900-byte traceback keeps ~150 bytes
-# (``python -m bench.store_perf``: ~300 of ~1,500 bytes per retained task were tracebacks),
-# for ~25 us of compression per failure and ~7 us to read one back. Raw deflate: no header.
-# The compressor is primed with the dictionary once and copied for each traceback (setting a
-# 4 KB dictionary is most of the cost of a fresh one); an 8 KB window holds the dictionary and
-# a clipped traceback, and its smaller state copies fast (~8 us a traceback where a fresh
-# compressor took ~12, for ~2 % larger output). Read back with a 32 KB window, which reads any.
-TRACEBACK_DICTIONARY = 4096
-_DEFLATE = (1, zlib.DEFLATED, -13, 6, zlib.Z_DEFAULT_STRATEGY)
-
-
-class _Rare:
-    """The fields of a task that most tasks never set, kept apart from the record so that a
-    record does not carry ten empty slots (80 bytes of each of 100,000 records).
-
-    Records share :data:`_NO_RARE` (every field at its default, never written) until one of
-    these fields is set; :meth:`MemoryStore._rare` then gives the record its own.
-    """
-
-    __slots__ = (
-        "eta",
-        "expires",
-        "parent_id",
-        "queue",
-        "retried",
-        "retries",
-        "routing_key",
-        "sent",
-        "signum",
-        "terminated",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.queue: str | None = None
-        self.routing_key: str | None = None
-        self.sent: float | None = None
-        self.retried: float | None = None
-        self.retries = 0
-        self.parent_id: str | None = None
-        self.eta: str | None = None
-        self.expires: str | None = None
-        self.terminated = False
-        self.signum: str | None = None
-
-
-_NO_RARE = _Rare()
-_RARE_FIELDS: tuple[str, ...] = _Rare.__slots__
-_RARE_DEFAULTS: dict[str, Any] = {name: getattr(_NO_RARE, name) for name in _RARE_FIELDS}
-
-
-class _Record:
-    """A retained task: the fields most tasks set, the rest in ``rare`` (see :class:`_Rare`).
-
-    16 slots, i.e. 160 bytes with the collector's header, where a :class:`Task` takes 240.
-    The traceback is held in ``tb`` as text, or compressed (bytes, see TRACEBACK_DICTIONARY);
-    :attr:`traceback` and :attr:`packed` read it back as one or the other. Handed out as a
-    :class:`Task` by :meth:`MemoryStore._snap`, with the traceback as text.
-    """
-
-    __slots__ = (
-        "args",
-        "exception",
-        "finished",
-        "kwargs",
-        "name",
-        "rare",
-        "received",
-        "result",
-        "root_id",
-        "runtime",
-        "started",
-        "state",
-        "state_ts",
-        "tb",
-        "uuid",
-        "worker",
-    )  # fmt: skip
-
-    def __init__(self, uuid: str, state_ts: float) -> None:
-        self.uuid = uuid
-        self.name: str | None = None
-        self.state = PENDING
-        self.state_ts = state_ts  # time of the event that set ``state``
-        self.worker: str | None = None
-        self.args: str | None = None
-        self.kwargs: str | None = None
-        self.result: str | None = None
-        self.received: float | None = None
-        self.started: float | None = None
-        self.finished: float | None = None
-        self.runtime: float | None = None
-        self.exception: str | None = None
-        self.tb: str | bytes | None = None
-        self.root_id: str | None = None
-        self.rare = _NO_RARE
-
-    @property
-    def traceback(self) -> str | None:
-        """The traceback when it is held as text (None when compressed)."""
-        tb = self.tb
-        return tb if type(tb) is str else None
-
-    @property
-    def packed(self) -> bytes | None:
-        """The compressed traceback (None when it is held as text)."""
-        tb = self.tb
-        return tb if type(tb) is bytes else None
-
-    @property
-    def exception_type(self) -> str | None:
-        return exception_type_of(self.exception)
-
-
-# The fields a record holds itself, as a Task spells them (the traceback is handled apart).
-_RECORD_FIELDS: tuple[str, ...] = tuple(
-    name for name in _Record.__slots__ if name not in ("uuid", "tb", "rare")
-)
-
-
-class _Ordered:
-    """The ids of one group (a state, a task name, a worker) in the order they joined it.
-
-    An append-only queue: an id that leaves the group stays in it until it reaches the head
-    or the queue is compacted, so every reader checks each id against its record (the
-    record's state, name or worker is the truth). ``live`` counts the members. An id that
-    left and joined again is in the queue twice; readers keep its last place. Once the queue
-    holds more than ``2 * live + 32`` ids it is compacted (amortised O(1) a join; the test is
-    written out where a group is joined, once an event, as a call would cost more than it).
-    """
-
-    __slots__ = ("ids", "live")
-
-    def __init__(self) -> None:
-        self.ids: deque[str] = deque()
-        self.live = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +166,7 @@ class StoreChanges:
     runtimes: list[Sample]  # (name, runtime) recorded by a transition to SUCCESS
 
 
-class MemoryStore:
+class MemoryStore(MemoryQueries):
     """The ``memory://`` backend of :class:`chatbot.store.FleetStore`."""
 
     def __init__(
@@ -328,21 +204,20 @@ class MemoryStore:
         self._failure_horizon = failure_horizon
         self._lock = threading.Lock()
 
-        self._tasks: dict[str, _Record] = {}
+        self._tasks: dict[str, Record] = {}
         self._tasks_bytes = sys.getsizeof(self._tasks)  # see _compact_tasks_when_grown
-        self._traceback_dictionary: bytes | None = None  # see TRACEBACK_DICTIONARY
-        self._traceback_packer: Any = None  # zlib's Compress, primed with the dictionary
-        self._traceback_seed: list[str] = []
-        self._traceback_seed_size = 0
-        # Tasks by state, name and worker, each in the order they joined (see _Ordered).
-        self._by_state: dict[str, _Ordered] = {s: _Ordered() for s in TASK_STATES}
+        self._tracebacks = TracebackPacker()  # see chatbot.store.compact
+        # Bound once: a failure keeps its traceback through no extra attribute lookup.
+        self._keep_traceback = self._tracebacks.keep
+        # Tasks by state, name and worker, each in the order they joined (see Ordered).
+        self._by_state: dict[str, Ordered] = {s: Ordered() for s in TASK_STATES}
         # _EVICTION_ORDER with each state's group beside it, as _evict walks it per eviction.
         self._eviction_groups = tuple(
             tuple((state, self._by_state[state]) for state in states)
             for states in _EVICTION_ORDER
         )
-        self._by_name: dict[str, _Ordered] = {}
-        self._by_worker: dict[str, _Ordered] = {}
+        self._by_name: dict[str, Ordered] = {}
+        self._by_worker: dict[str, Ordered] = {}
         # Evicted ids and the state they were evicted in, the oldest forgotten first.
         self._recent_ids = (
             max(1024, max_tasks // 8) if recent_ids is None else max(0, recent_ids)
@@ -357,11 +232,11 @@ class MemoryStore:
         # overall: a late-arriving old failure must not hide newer ones from a window query.
         # Entries are (failed at, uuid, exception type, task name): a window's counts by type
         # and name are read off the index without touching a task record.
-        self._failed_by_name: dict[str, list[_FailureEntry]] = {}
-        self._failed_by_time: list[_FailureEntry] = []
+        self._failed_by_name: dict[str, list[FailureEntry]] = {}
+        self._failed_by_time: list[FailureEntry] = []
         # The same entries per (name key, exception type): a window's counts by name and type
         # are a bisect per list, not a pass over every failure in the window.
-        self._failed_by_kind: dict[tuple[str, str], list[_FailureEntry]] = {}
+        self._failed_by_kind: dict[tuple[str, str], list[FailureEntry]] = {}
         # Per task name, most recently seen last: failure times and recent runtimes.
         self._name_seen: OrderedDict[str, None] = OrderedDict()
         self._failure_times: dict[str, list[float]] = {}  # sorted; kept after eviction
@@ -460,11 +335,11 @@ class MemoryStore:
         gc.freeze()
 
     @staticmethod
-    def _rare(task: _Record) -> _Rare:
-        """The record's own :class:`_Rare`, made on the first rare field set."""
+    def _rare(task: Record) -> Rare:
+        """The record's own :class:`Rare`, made on the first rare field set."""
         rare = task.rare
-        if rare is _NO_RARE:
-            rare = task.rare = _Rare()
+        if rare is NO_RARE:
+            rare = task.rare = Rare()
         return rare
 
     def _apply_task_event(
@@ -502,7 +377,7 @@ class MemoryStore:
                 # Kept in the memory: it is only read for an absent task, and the next
                 # eviction of this one overwrites it.
             # Not indexed in any state yet: _transition puts it in its first one.
-            task = _Record(uuid, ts)
+            task = Record(uuid, ts)
             self._tasks[uuid] = task
             self._created_since_freeze += 1
 
@@ -596,7 +471,7 @@ class MemoryStore:
             self._evict(protect=uuid)
         return True
 
-    def _on_queued(self, task: _Record, code: int, event: Mapping[str, Any], ts: float) -> None:
+    def _on_queued(self, task: Record, code: int, event: Mapping[str, Any], ts: float) -> None:
         """The fields of a task-sent or task-received."""
         limits = self._limits
         if task.args is None and "args" in event:
@@ -646,7 +521,7 @@ class MemoryStore:
         kept = self._tasks.get(text)
         return kept.uuid if kept is not None else text
 
-    def _enter(self, task: _Record, new: str, ts: float) -> None:
+    def _enter(self, task: Record, new: str, ts: float) -> None:
         """A new record takes the state of its first event."""
         task.state = new
         group = self._by_state[new]
@@ -658,7 +533,7 @@ class MemoryStore:
         if new in _TERMINAL_PRECEDENCE:
             self._finish(task, new, ts)
 
-    def _transition(self, task: _Record, new: str, ts: float) -> None:
+    def _transition(self, task: Record, new: str, ts: float) -> None:
         """Moves ``task`` to ``new`` (``_moves`` said it should)."""
         current = task.state
         if current == FAILURE:
@@ -674,7 +549,7 @@ class MemoryStore:
         if new in _TERMINAL_PRECEDENCE:
             self._finish(task, new, ts)
 
-    def _finish(self, task: _Record, new: str, ts: float) -> None:
+    def _finish(self, task: Record, new: str, ts: float) -> None:
         task.finished = ts
         if new == FAILURE:
             if task.runtime is None and task.started is not None:
@@ -688,47 +563,6 @@ class MemoryStore:
             self._record_runtime(task.name, task.runtime)
             if self._track:
                 self._new_runtimes.append((task.name, task.runtime))
-
-    def _keep_traceback(self, task: _Record, text: str | None) -> None:
-        """The record's traceback is ``text``, compressed once the dictionary exists."""
-        dictionary = self._traceback_dictionary
-        if text is None:
-            task.tb = None
-            return
-        if dictionary is None:
-            # The first tracebacks are kept as they are, and become the dictionary.
-            task.tb = text
-            self._traceback_seed.append(text)
-            self._traceback_seed_size += len(text)
-            if self._traceback_seed_size >= TRACEBACK_DICTIONARY:
-                seed = "".join(self._traceback_seed).encode("utf-8", "surrogatepass")
-                self._traceback_dictionary = seed[-TRACEBACK_DICTIONARY:]
-                self._traceback_seed = []
-            return
-        primed = self._traceback_packer
-        if primed is None:
-            primed = self._traceback_packer = zlib.compressobj(*_DEFLATE, dictionary)
-        packer = primed.copy()
-        packed = packer.compress(text.encode("utf-8", "surrogatepass")) + packer.flush()
-        task.tb = packed if len(packed) < len(text) else text
-
-    def _snap(self, task: _Record) -> Task:
-        """The record as handed out: a :class:`Task`, its traceback as text."""
-        # Spelled out, positionally: queries snapshot every task they return.
-        rare = task.rare
-        held = task.tb
-        if isinstance(held, bytes):
-            unpacker = zlib.decompressobj(-15, self._traceback_dictionary or b"")
-            traceback: str | None = unpacker.decompress(held).decode("utf-8", "surrogatepass")
-        else:
-            traceback = held
-        return Task(
-            task.uuid, task.name, task.state, task.args, task.kwargs, task.worker, rare.queue,
-            rare.routing_key, rare.sent, task.received, task.started, task.finished,
-            rare.retried, task.runtime, rare.retries, task.exception, traceback, task.result,
-            rare.parent_id, task.root_id, rare.eta, rare.expires, rare.terminated, rare.signum,
-            task.state_ts,
-        )  # fmt: skip
 
     def _count(self, worker: str, kind: str, name: str, runtime: float | None) -> None:
         """The /metrics counters of one task event, labelled as Flower labels them."""
@@ -758,25 +592,25 @@ class MemoryStore:
         histogram.count += 1
 
     # -- indexes and per-name statistics
-    def _join(self, index: dict[str, _Ordered], key: str, uuid: str) -> None:
+    def _join(self, index: dict[str, Ordered], key: str, uuid: str) -> None:
         """``uuid`` joins the group ``key`` of the name or worker index."""
         group = index.get(key)
         if group is None:
-            group = index[key] = _Ordered()
+            group = index[key] = Ordered()
         group.ids.append(uuid)
         group.live += 1
         if len(group.ids) > 2 * group.live + 32:
             self._compact(group, "name" if index is self._by_name else "worker", key)
 
     @staticmethod
-    def _leave(index: dict[str, _Ordered], key: str) -> None:
+    def _leave(index: dict[str, Ordered], key: str) -> None:
         group = index.get(key)
         if group is not None:
             group.live -= 1
             if group.live <= 0:
                 del index[key]
 
-    def _compact(self, group: _Ordered, field: str, key: str) -> None:
+    def _compact(self, group: Ordered, field: str, key: str) -> None:
         """Keep each member once, at its last place; drop the ids that left."""
         tasks = self._tasks
         value_of = attrgetter(field)
@@ -791,18 +625,6 @@ class MemoryStore:
         group.ids = deque(kept)
         group.live = len(kept)
 
-    def _members(self, group: _Ordered | None, field: str, key: str) -> Iterator[_Record]:
-        """The group's tasks, newest first (each once, at its last place)."""
-        if group is None or not group.live:
-            return
-        tasks = self._tasks
-        seen: set[str] = set()
-        for uuid in reversed(group.ids):
-            task = tasks.get(uuid)
-            if task is not None and getattr(task, field) == key and uuid not in seen:
-                seen.add(uuid)
-                yield task
-
     def _touch_name(self, name: str) -> None:
         seen = self._name_seen
         if name in seen:
@@ -814,8 +636,8 @@ class MemoryStore:
             self._failure_times.pop(stale, None)
             self._runtimes.pop(stale, None)
 
-    def _add_failure(self, name: str, task: _Record) -> None:
-        entry: _FailureEntry = (
+    def _add_failure(self, name: str, task: Record) -> None:
+        entry: FailureEntry = (
             task.finished if task.finished is not None else task.state_ts,
             task.uuid,
             _intern(task.exception_type or "unknown"),
@@ -825,7 +647,7 @@ class MemoryStore:
         insort(self._failed_by_time, entry)
         insort(self._failed_by_kind.setdefault((name, entry[2]), []), entry)
 
-    def _drop_failure(self, name: str, task: _Record) -> None:
+    def _drop_failure(self, name: str, task: Record) -> None:
         key = (task.finished if task.finished is not None else task.state_ts, task.uuid)
         kind: str | None = None
         by_name = self._failed_by_name.get(name)
@@ -871,7 +693,7 @@ class MemoryStore:
         """
         tasks = self._tasks
         for groups in self._eviction_groups:
-            oldest: _Record | None = None
+            oldest: Record | None = None
             for state, group in groups:
                 if not group.live:
                     continue
@@ -1053,12 +875,12 @@ class MemoryStore:
             for stored in sorted(tasks, key=lambda t: t.state_ts):
                 if stored.uuid in self._tasks:
                     continue
-                task = _Record(stored.uuid, stored.state_ts)
-                for field in _RECORD_FIELDS:
+                task = Record(stored.uuid, stored.state_ts)
+                for field in RECORD_FIELDS:
                     setattr(task, field, getattr(stored, field))
-                for field in _RARE_FIELDS:
+                for field in RARE_FIELDS:
                     value = getattr(stored, field)
-                    if value != _RARE_DEFAULTS[field]:
+                    if value != RARE_DEFAULTS[field]:
                         setattr(self._rare(task), field, value)
                 if stored.traceback is not None:
                     self._keep_traceback(task, stored.traceback)
@@ -1088,200 +910,6 @@ class MemoryStore:
             self._created_since_freeze += len(self._tasks)
         self._freeze_when_due()  # a warm start's records are the longest-lived of all
 
-    # ------------------------------------------------------------------ reading
-    def get_task(self, uuid: str) -> Task | None:
-        with self._lock:
-            task = self._tasks.get(uuid)
-            return self._snap(task) if task is not None else None
-
-    def find_task_ids(self, prefix: str, limit: int = 2) -> list[str]:
-        with self._lock:
-            if prefix in self._tasks:
-                return [prefix]
-            found: list[str] = []
-            for uuid in self._tasks:
-                if uuid.startswith(prefix):
-                    found.append(uuid)
-                    if len(found) >= limit:
-                        break
-            return found
-
-    def tasks(
-        self,
-        *,
-        state: str | None = None,
-        name: str | None = None,
-        worker: str | None = None,
-        since: float | None = None,
-        limit: int = 50,
-    ) -> list[Task]:
-        if limit <= 0:
-            return []
-        with self._lock:
-            matching = (
-                task
-                for task in self._select(state, name, worker, since)
-                if since is None or task.state_ts >= since
-            )
-            found = [self._snap(task) for task in islice(matching, limit)]
-        found.sort(key=lambda t: t.state_ts, reverse=True)
-        return found
-
-    def _select(
-        self, state: str | None, name: str | None, worker: str | None, since: float | None
-    ) -> Iterable[_Record]:
-        """Matching tasks, newest entry first, from the smallest index that applies."""
-        found: Iterable[_Record]
-        tasks = self._tasks
-        if state == FAILURE:
-            # Failures have an exact time order: newest first, stop at ``since``.
-            failed = self._failed_by_time if name is None else self._failed_by_name.get(name, [])
-            start = 0 if since is None else bisect_left(failed, (since, ""))
-            found = (tasks[failed[i][1]] for i in range(len(failed) - 1, start - 1, -1))
-        else:
-            candidates: list[tuple[int, _Ordered | None, str, str]] = []
-            if state is not None:
-                group = self._by_state.get(state)
-                candidates.append((group.live if group else 0, group, "state", state))
-            if name is not None:
-                group = self._by_name.get(name)
-                candidates.append((group.live if group else 0, group, "name", name))
-            if worker is not None:
-                group = self._by_worker.get(worker)
-                candidates.append((group.live if group else 0, group, "worker", worker))
-            if candidates:
-                _, group, field, key = min(candidates, key=lambda c: c[0])
-                found = self._members(group, field, key)
-            else:
-                # Without a filter, newest created first: close enough to "newest activity"
-                # for a listing whose page is re-sorted by the caller.
-                found = reversed(tasks.values())
-        for task in found:
-            if state is not None and task.state != state:
-                continue
-            if name is not None and task.name != name:
-                continue
-            if worker is not None and task.worker != worker:
-                continue
-            yield task
-
-    def count_tasks(
-        self, *, state: str | None = None, name: str | None = None, worker: str | None = None
-    ) -> int:
-        with self._lock:
-            if name is None and worker is None:
-                if state is None:
-                    return len(self._tasks)
-                group = self._by_state.get(state)
-                return group.live if group is not None else 0
-            if state == FAILURE and name is not None and worker is None:
-                return len(self._failed_by_name.get(name, []))
-            if state is None and worker is None and name is not None:
-                group = self._by_name.get(name)
-                return group.live if group is not None else 0
-            if state is None and name is None and worker is not None:
-                group = self._by_worker.get(worker)
-                return group.live if group is not None else 0
-            return sum(1 for _ in self._select(state, name, worker, None))
-
-    def active(self, worker: str | None = None) -> list[Task]:
-        with self._lock:
-            running = [
-                self._snap(task)
-                for task in self._members(self._by_state[STARTED], "state", STARTED)
-                if worker is None or task.worker == worker
-            ]
-        running.sort(key=lambda t: t.started if t.started is not None else abs(t.state_ts))
-        return running
-
-    def failure_counts(self, window: float, now: float) -> dict[str, int]:
-        cutoff = now - window
-        counts: dict[str, int] = {}
-        with self._lock:
-            for name, times in self._failure_times.items():
-                count = len(times) - bisect_left(times, cutoff)
-                if count:
-                    counts[name] = count
-        return counts
-
-    def recent_failures(self, name: str | None, window: float, now: float) -> list[Task]:
-        cutoff = now - window
-        with self._lock:
-            failed = self._failed_by_time if name is None else self._failed_by_name.get(name, [])
-            start = bisect_left(failed, (cutoff, ""))
-            tasks = self._tasks
-            return [self._snap(tasks[entry[1]]) for entry in reversed(failed[start:])]
-
-    def failure_summary(
-        self, name: str | None, window: float, now: float, limit: int
-    ) -> FailureSummary:
-        cutoff = (now - window, "")
-        by_type: dict[str, int] = {}
-        by_name: dict[str, int] = {}
-        with self._lock:
-            failed = self._failed_by_time if name is None else self._failed_by_name.get(name, [])
-            start = bisect_left(failed, cutoff)
-            # Counted with a bisect per (name, exception type) list, not a pass over the
-            # window (17k failures in a 15-minute window at 100k tasks); only the page shown
-            # is snapshotted.
-            for (key, kind), entries in self._failed_by_kind.items():
-                if name is not None and key != name:
-                    continue
-                count = len(entries) - bisect_left(entries, cutoff)
-                if count:
-                    by_type[kind] = by_type.get(kind, 0) + count
-                    label = entries[0][3]  # the name the entries carry ("unknown" for "?")
-                    by_name[label] = by_name.get(label, 0) + count
-            tasks = self._tasks
-            end = max(start, len(failed) - max(0, limit))
-            newest = [self._snap(tasks[failed[i][1]]) for i in range(len(failed) - 1, end - 1, -1)]
-        return FailureSummary(len(failed) - start, newest, by_type, by_name)
-
-    def runtime_stats(self, name: str) -> RuntimeStats | None:
-        with self._lock:
-            samples = self._runtimes.get(name)
-            values = sorted(samples) if samples else None
-        return runtime_stats_of(name, values or [])
-
-    def task_names(self) -> list[str]:
-        with self._lock:
-            return sorted(set(self._by_name) | set(self._name_seen))  # names with members
-
-    def counts_by_state(self) -> dict[str, int]:
-        with self._lock:
-            return {state: group.live for state, group in self._by_state.items() if group.live}
-
-    def workers(self) -> list[Worker]:
-        with self._lock:
-            return sorted(
-                (w.snapshot() for w in self._workers.values()), key=lambda w: w.hostname
-            )
-
-    def get_worker(self, hostname: str) -> Worker | None:
-        with self._lock:
-            worker = self._workers.get(hostname)
-            return worker.snapshot() if worker is not None else None
-
-    def health(self) -> StreamHealth:
-        with self._lock:
-            return self._health.snapshot()
-
-    def fleet_counters(self) -> FleetCounters:
-        with self._lock:
-            counters = self._counters
-            return FleetCounters(
-                events=dict(counters.events),
-                runtimes={
-                    key: RuntimeHistogram(list(h.buckets), h.total, h.count)
-                    for key, h in counters.runtimes.items()
-                },
-                labels_dropped=counters.labels_dropped,
-            )
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-
 def _moves(current: str, new: str, ts: float, state_ts: float, requeued: bool) -> bool:
     """Whether an event saying ``new`` (stamped ``ts``) moves a task that is ``current``
     (since ``state_ts``) to it."""
@@ -1300,25 +928,3 @@ def _moves(current: str, new: str, ts: float, state_ts: float, requeued: bool) -
         or _OPEN_RANK[new] > _OPEN_RANK[current]
         or (current == RETRY and ts > state_ts)
     )
-
-
-def runtime_stats_of(name: str, sorted_values: Sequence[float]) -> RuntimeStats | None:
-    """Percentiles of one name's runtime samples (ascending); None without a sample."""
-    if not sorted_values:
-        return None
-    return RuntimeStats(
-        name=name,
-        count=len(sorted_values),
-        p50=percentile(sorted_values, 0.50),
-        p95=percentile(sorted_values, 0.95),
-        p99=percentile(sorted_values, 0.99),
-        max=sorted_values[-1],
-    )
-
-
-def percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of an ascending sequence."""
-    if not sorted_values:
-        return 0.0
-    rank = max(0, min(len(sorted_values) - 1, math.ceil(fraction * len(sorted_values)) - 1))
-    return sorted_values[rank]
