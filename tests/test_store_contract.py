@@ -421,7 +421,7 @@ def test_tracebacks_read_back_exactly_as_kept_once_the_store_compresses_them(
     make_backend: MakeBackend,
 ) -> None:
     # The memory store keeps tracebacks compressed with a dictionary made of the first ones
-    # it saw (chatbot/store/memory.py); every reader gets the text back, byte for byte.
+    # it saw (chatbot/store/compact.py); every reader gets the text back, byte for byte.
     store = make_backend()
     sent: dict[str, str] = {}
     for i in range(40):  # well past the dictionary's 4 KB of seed tracebacks

@@ -8,11 +8,12 @@ them); apart so that the layout can be read on its own. Why it looks like this:
   terminated, signum) live in a side object that all records share until one is set
   (:class:`Rare`), the traceback is one slot holding text or its compressed bytes, and a
   child's parent and root ids point at id strings already kept. (``python -m
-  bench.store_perf``: 1,257 -> 1,155 bytes per retained task at 100,000.)
+  bench.store_perf``: 1,257 -> 1,155 bytes per retained task at 100,000, with the task
+  table's compaction in :mod:`chatbot.store.memory`.)
 - Tracebacks are compressed with a dictionary shared by the whole store
   (:class:`TracebackPacker`, see TRACEBACK_DICTIONARY below).
-- Indexes are append-only queues of ids (:class:`Ordered`), not dicts: see its docstring and
-  the notes of :mod:`chatbot.store.memory`.
+- Indexes are append-only queues of ids (:class:`Ordered`), not dicts: why, in the notes of
+  :mod:`chatbot.store.memory`.
 """
 
 from __future__ import annotations

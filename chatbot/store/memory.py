@@ -17,11 +17,15 @@ Design notes (why it looks like this):
 - Every triage question is answered from an index, never a scan: tasks by state (ordered by
   the time they entered it), by name, by worker, failures by name; per-name failure times for
   the spike window; a ring of recent runtimes per name for percentiles.
-- Indexes are append-only queues of ids checked against the record when read, not dicts;
-  records are smaller than the :class:`Task` they are handed out as, and tracebacks are
-  kept compressed. The record layout and why: :mod:`chatbot.store.compact`. The task table,
-  which a dict under churn would let grow to three times its entries, is copied back to its
-  size each time it grew (:meth:`MemoryStore._compact_tasks_when_grown`).
+- Indexes are append-only queues of ids checked against the record when read (see
+  :class:`~chatbot.store.compact.Ordered`), not dicts: eviction takes the head of a queue in
+  constant time at any cap (the first key of a dict deleted from the front is found by
+  skipping every deleted slot before it, which grows with the cap), and an id in a queue
+  costs 8 bytes where a dict entry under churn costs ~100.
+- Records are smaller than the :class:`Task` they are handed out as, and tracebacks are kept
+  compressed (the layout and why: :mod:`chatbot.store.compact`). The task table, which a
+  dict under churn would let grow to three times its entries, is copied back to its size
+  each time it grew (:meth:`MemoryStore._compact_tasks_when_grown`).
 - No phantoms: the ids of evicted tasks are remembered (a bounded ring, with the state they
   left in), so a late event for one is checked against that state, as for a retained task: a
   ``task-started`` arriving after its task succeeded and was evicted creates nothing. The
