@@ -212,6 +212,8 @@ class StreamHealth:
     malformed_by_reason: dict[str, int] = field(default_factory=dict)
     intake_restarts: int = 0  # the reader or applier thread died and was restarted
     intake_problem: str | None = None  # intake dead or stalled (then /healthz answers 503)
+    events_dropped: int = 0  # messages received and then lost locally (a reader that died)
+    last_loss_at: float | None = None  # local time of the latest cut-off or drop
 
     def snapshot(self) -> StreamHealth:
         clone = copy.copy(self)

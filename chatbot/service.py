@@ -19,6 +19,7 @@ from prometheus_client import generate_latest
 from slack_sdk import WebClient
 
 from chatbot.alerts import AlertManager, AlertScheduler, SlackSender
+from chatbot.alerts.rules import loss_report
 from chatbot.approvals import ApprovalService
 from chatbot.audit import AuditLog
 from chatbot.auth import Authorizer, SlackGroupResolver
@@ -434,6 +435,7 @@ class Service:
                 if stream.last_error
                 else "event consumer not connected to the broker yet"
             )
+        report.update(loss_report(stream, now))
         report["periodic"] = {job_id: job.as_dict() for job_id, job in self.jobs.health().items()}
         # Connected is not enough: a dead or stalled intake thread leaves the bot blind.
         consumer = self.consumer

@@ -5,8 +5,9 @@ Everything here is a function of plain data (:class:`FleetFacts`, gathered by
 what lets the rules be tested on synthetic data and the lifecycle be tested without rules.
 
 Each condition has a stable key (``backlog:<queue>``, ``failures:<task name>``,
-``stuck:<task id>``, ``worker:<hostname>``, ``stream:silent``): the lifecycle groups every
-check's findings under it, so one problem is one Slack message however long it lasts.
+``stuck:<task id>``, ``worker:<hostname>``, ``stream:silent``, ``loss:events``): the lifecycle
+groups every check's findings under it, so one problem is one Slack message however long it
+lasts.
 
 Not knowing is not the same as being fine. An open alert whose state cannot be judged this
 check (an unreadable queue length, a task or worker the store no longer holds right after a
@@ -38,8 +39,10 @@ FAILURES = "failures"
 STUCK = "stuck"
 WORKER = "worker"
 STREAM = "stream"
-KINDS = (BACKLOG, FAILURES, STUCK, WORKER, STREAM)
+LOSS = "loss"
+KINDS = (BACKLOG, FAILURES, STUCK, WORKER, STREAM, LOSS)
 STREAM_SILENT_KEY = "stream:silent"
+EVENT_LOSS_KEY = "loss:events"
 
 WARNING = "warning"
 CRITICAL = "critical"
@@ -59,6 +62,10 @@ MAX_WORKERS_LISTED = 10
 # A stuck task earns a thread reply each time its runtime doubles: often early, rarely later.
 STUCK_CHANGE_FACTOR = 2.0
 STREAM_CHANGE_FACTOR = 2.0
+# Events lost this recently keep the loss alert open (and /healthz degraded); a quarter of an
+# hour without a new loss resolves it. Loss is an occurrence, not a state: without a quiet
+# period, the alert would resolve at the next check and reopen at the next cut-off.
+LOSS_QUIET_AFTER = 900.0
 # A worker silent for this long is no longer alerted on: a long-gone autoscaled host is history.
 WORKER_FORGET_AFTER = 86400.0
 
@@ -159,7 +166,19 @@ class StreamFigures:
     broker: str | None
 
 
-Figures = BacklogFigures | FailureFigures | StuckFigures | WorkerFigures | StreamFigures
+@dataclass(frozen=True)
+class LossFigures:
+    cutoffs: int  # times the broker closed the subscription (it fell behind): since start
+    dropped: int  # messages received and then lost locally (a reader that died): since start
+    last_loss_at: float  # local time of the latest cut-off or drop
+    quiet_after: float  # seconds without a new loss before the alert resolves
+    lag_events: int  # received, not yet applied, as of this check
+    broker: str | None
+
+
+Figures = (
+    BacklogFigures | FailureFigures | StuckFigures | WorkerFigures | StreamFigures | LossFigures
+)
 
 
 @dataclass(frozen=True)
@@ -475,6 +494,60 @@ def stream_condition(
     return Condition(STREAM_SILENT_KEY, STREAM, CRITICAL, "silent", figures)
 
 
+def recent_loss(health: StreamHealth, now: float, quiet_after: float = LOSS_QUIET_AFTER) -> bool:
+    """Were events lost (a cut-off, a dropped buffer) within the last ``quiet_after`` seconds?"""
+    lost = health.disconnects_by_server or health.events_dropped
+    last = health.last_loss_at
+    return bool(lost) and last is not None and now - last < quiet_after
+
+
+def loss_report(health: StreamHealth, now: float) -> dict[str, Any]:
+    """What ``/healthz`` says about lost events: ``degraded`` while a loss is recent.
+
+    Degraded, not failing: an orchestrator that restarts a bot which is merely overloaded
+    loses more events, not fewer. The count and the time stay in the report after it clears.
+    """
+    last = health.last_loss_at
+    degraded = recent_loss(health, now)
+    report: dict[str, Any] = {
+        "degraded": degraded,
+        "event_loss": {
+            "cutoffs": health.disconnects_by_server,
+            "dropped": health.events_dropped,
+            "last_at": last,
+            "last_age": None if last is None else round(now - last, 3),
+        },
+    }
+    if degraded:
+        report["degraded_reason"] = (
+            f"events were lost in the last {_seconds(LOSS_QUIET_AFTER)}: the broker closed the"
+            f" event subscription {health.disconnects_by_server} time(s),"
+            f" {health.events_dropped} received message(s) dropped"
+        )
+    return report
+
+
+def loss_condition(
+    health: StreamHealth, *, now: float, quiet_after: float = LOSS_QUIET_AFTER
+) -> Condition | None:
+    """``loss:events``: events were lost within ``quiet_after`` (the picture has holes).
+
+    A cut-off means the broker closed a subscriber that fell behind (Redis's
+    ``client-output-buffer-limit pubsub``): what it published until the reconnect is gone.
+    """
+    if not recent_loss(health, now, quiet_after) or health.last_loss_at is None:
+        return None
+    figures = LossFigures(
+        cutoffs=health.disconnects_by_server,
+        dropped=health.events_dropped,
+        last_loss_at=health.last_loss_at,
+        quiet_after=quiet_after,
+        lag_events=health.lag_events,
+        broker=health.broker or None,
+    )
+    return Condition(EVENT_LOSS_KEY, LOSS, CRITICAL, "events", figures)
+
+
 def consumer_offline(health: StreamHealth) -> bool:
     """The consumer reported itself (``broker`` is set) and is not connected."""
     return bool(health.broker) and not health.connected
@@ -512,6 +585,10 @@ def significant_change(kind: str, old: Mapping[str, Any], new: Mapping[str, Any]
             float(new.get("silent_for") or 0),
         )
         return "longer" if 0 < silent_then * STREAM_CHANGE_FACTOR <= silent_now else None
+    if kind == LOSS:
+        then = int(old.get("cutoffs") or 0) + int(old.get("dropped") or 0)
+        now = int(new.get("cutoffs") or 0) + int(new.get("dropped") or 0)
+        return "more" if now > then else None
     return None  # worker: nothing changes while it is gone but the severity (handled apart)
 
 
@@ -543,6 +620,11 @@ def evaluate(
         conditions[stream.key] = stream
     elif STREAM_SILENT_KEY in opened:
         notes[STREAM_SILENT_KEY] = "events are arriving again"
+    loss = loss_condition(facts.health, now=now)
+    if loss is not None:
+        conditions[loss.key] = loss
+    elif EVENT_LOSS_KEY in opened:
+        notes[EVENT_LOSS_KEY] = f"no events lost for {_seconds(LOSS_QUIET_AFTER)}"
     # A store nobody feeds still looks like a fleet: every worker "expires", no task finishes
     # and failures age out of the window. Judge none of that until events flow again.
     blind = stream is not None or consumer_offline(facts.health)

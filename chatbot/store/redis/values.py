@@ -35,6 +35,8 @@ CONSUMER_FIELDS = (
     "lag_events",
     "intake_restarts",
     "intake_problem",
+    "events_dropped",
+    "last_loss_at",
 )
 
 
