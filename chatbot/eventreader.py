@@ -144,6 +144,10 @@ class ReaderProcess:
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
+    @property
+    def exitcode(self) -> int | None:
+        return None if self._process is None else self._process.exitcode
+
     def alive(self) -> bool:
         return self._process is not None and self._process.is_alive()
 
@@ -165,7 +169,13 @@ class ReaderProcess:
             except (EOFError, OSError):
                 break
             yield frame
-        if not self.alive() and not self._stop.is_set():
+        if stopping.is_set() or self._stop.is_set():
+            return
+        process = self._process
+        if process is not None:
+            # The pipe closes a moment before the dying child can be reaped: wait for it.
+            process.join(5.0)
+        if not self.alive():
             self._dropped += int(self._counters[_BUFFERED_MESSAGES])
             self._counters[_BUFFERED_MESSAGES] = 0
             self._counters[_BUFFERED_BYTES] = 0
