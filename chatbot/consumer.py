@@ -13,10 +13,16 @@ Two transports, one shape:
 * **AMQP** (``amqp://``, ``pyamqp://``, ``amqps://``): Celery's own receiver (its queue
   declaration, accept list and ``event_from_message``) on a kombu connection.
 
-In both, a *reader* thread only moves messages off the socket into a bounded local buffer,
-and an *applier* thread decodes them and hands them to ``store.apply`` in batches, so the
-store lock is taken once per batch and a store that is briefly busy (a long query holding
-its lock) does not stop the socket from being drained. A third *control* thread sends the
+On Redis the socket is read by a child *process* (:mod:`chatbot.eventreader`, ``reader=
+"process"``, the default): it has an interpreter lock of its own, so neither the applier, nor
+a garbage collection, nor a ``/metrics`` scrape in this process can stop it from draining the
+subscription, and a burst becomes lag in its bounded buffer rather than a cut-off by Redis.
+``reader="thread"`` keeps the reader in this process (measured beside it by ``bench/sweep.py``).
+
+In both, a *reader* thread only moves messages off the socket (or the child's pipe) into a
+bounded local buffer, and an *applier* thread decodes them and hands them to ``store.apply``
+in batches, so the store lock is taken once per batch and a store that is briefly busy (a
+long query holding its lock) does not stop the socket from being drained. A third *control* thread sends the
 ``heartbeat`` / ``enable_events`` broadcasts, which can block on the broker and so must
 never run on the reader, nor on a thread that answers Slack.
 
@@ -46,6 +52,13 @@ import redis.exceptions
 
 from chatbot.config import redact_url
 from chatbot.eventcheck import REASONS, EventChecker
+from chatbot.eventreader import (
+    CONNECTED,
+    DISCONNECTED,
+    MESSAGES,
+    ReaderProcess,
+    Subscription,
+)
 from chatbot.eventwire import (
     EVENT_EXCHANGE,
     WIRE_REASONS,
@@ -67,6 +80,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
+READERS = ("process", "thread")
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 BACKOFF_FIRST = 1.0
@@ -93,6 +107,10 @@ _CERT_REQS = {
     "cert_none": "none",
     "none": "none",
 }
+
+
+class _ReaderError(ConnectionError):
+    """A connection error the reader process reported (its text, already with its type)."""
 
 
 def _cert_reqs(value: object) -> str | None:
@@ -178,12 +196,15 @@ class EventConsumer:
         split_reader: bool = True,
         buffer_bytes: int = 64 * 1024 * 1024,
         connect_timeout: float = 5.0,
+        reader: str = "process",
     ) -> None:
         scheme = urlsplit(broker_url).scheme
         if scheme not in REDIS_SCHEMES | AMQP_SCHEMES:
             raise ValueError(f"unsupported broker scheme {scheme or '(none)'}://")
         if batch_max < 1:
             raise ValueError("batch_max must be >= 1")
+        if reader not in READERS:
+            raise ValueError(f"reader must be one of {', '.join(READERS)}, got {reader!r}")
         self.broker_url = broker_url
         self.store = store
         self._app = app
@@ -205,6 +226,9 @@ class EventConsumer:
             and "master_name" not in self._transport_options
         )
         self._split = split_reader or not self._fast
+        self._use_process = self._fast and self._split and reader == "process"
+        self._reader_process: ReaderProcess | None = None
+        self._dropped_before = 0  # messages lost with reader processes that died before this one
         self._buffer_limit = max(1, int(buffer_bytes))
         self._connect_timeout = connect_timeout
 
@@ -232,6 +256,7 @@ class EventConsumer:
         self._last_progress = time.monotonic()  # the applier last took or finished a batch
         self._reconnects = 0
         self._disconnects_by_server = 0
+        self._last_loss_at: float | None = None
         self._last_error: str | None = None
         self._apply_errors = 0
         self._sessions = 0  # successful connections so far (reader thread only)
@@ -287,8 +312,29 @@ class EventConsumer:
 
     @property
     def lag_events(self) -> int:
-        """Messages received but not yet applied (a ``.multi`` message counts once)."""
-        return max(0, self._msgs_in - self._msgs_out) + self._pending_events
+        """Messages received but not yet applied (a ``.multi`` message counts once), the ones
+        still held by the reader process included."""
+        return max(0, self._msgs_in - self._msgs_out) + self._pending_events + self.reader_backlog
+
+    @property
+    def reader_backlog(self) -> int:
+        """Messages the reader process read off the socket and has not handed over yet."""
+        reader = self._reader_process
+        return 0 if reader is None else reader.stats().buffered_messages
+
+    @property
+    def reader_pid(self) -> int | None:
+        """The reader process's id (``reader="process"`` on Redis), while one runs."""
+        reader = self._reader_process
+        return None if reader is None else reader.pid
+
+    @property
+    def events_dropped(self) -> int:
+        """Messages the reader process had received and died holding: lost."""
+        with self._stats_lock:  # the handle and the sum change together
+            reader = self._reader_process
+            before = self._dropped_before
+        return before + (0 if reader is None else reader.stats().dropped_messages)
 
     @property
     def malformed(self) -> int:
@@ -328,6 +374,7 @@ class EventConsumer:
             h.broker = redact_url(self.broker_url)
             h.reconnects = self._reconnects
             h.disconnects_by_server = self._disconnects_by_server
+            h.last_loss_at = self._last_loss_at
             h.last_error = self._last_error
             h.malformed += self._malformed
             by_reason = h.malformed_by_reason
@@ -335,6 +382,7 @@ class EventConsumer:
                 by_reason[reason] = by_reason.get(reason, 0) + count
             h.intake_restarts = self._intake_restarts
         h.intake_problem = problem
+        h.events_dropped = self.events_dropped
         h.lag_events = self.lag_events
         return h
 
@@ -383,11 +431,12 @@ class EventConsumer:
         self._connected.clear()
         if exc is None:
             return
-        message = f"{type(exc).__name__}: {exc}"
+        message = str(exc) if isinstance(exc, _ReaderError) else f"{type(exc).__name__}: {exc}"
         with self._stats_lock:
             self._last_error = message
             if by_server:
                 self._disconnects_by_server += 1
+                self._last_loss_at = self._clock()
         if by_server:
             log.warning(
                 "Event loss detected: %s closed the event subscription (the consumer fell behind"
@@ -538,6 +587,69 @@ class EventConsumer:
             return str(self._app.conf.event_exchange or EVENT_EXCHANGE)
         return EVENT_EXCHANGE
 
+    def _subscription(self) -> Subscription:
+        """What the reader process connects to: the same URL, options and topic as here."""
+        ssl_options = None
+        if self._app is not None and isinstance(self._app.conf.broker_use_ssl, Mapping):
+            ssl_options = self._app.conf.broker_use_ssl
+        cls, kwargs = redis_connection_kwargs(self.broker_url, ssl_options)
+        connect_timeout = float(
+            self._transport_options.get("socket_connect_timeout") or self._connect_timeout
+        )
+        topic, is_pattern = self._redis_topic(int(kwargs["db"]))
+        return Subscription(cls, kwargs, topic, is_pattern, connect_timeout)
+
+    def _run_redis_process(self) -> None:
+        """Follow a reader process; if it dies, count what it held as lost and start another.
+
+        Runs under ``_supervise`` as the reader role, like ``_run_redis``.
+        """
+        failures = 0
+        while not self._stopping.is_set():
+            reader = ReaderProcess(
+                self._subscription(),
+                buffer_bytes=self._buffer_limit,
+                batch_max=self.batch_max,
+            )
+            self._reader_process = reader
+            reader.start()
+            try:
+                self._follow(reader)
+            finally:
+                self._connected.clear()
+                reader.stop()
+            if self._stopping.is_set():
+                break
+            dropped = reader.stats().dropped_messages
+            log.warning(
+                "The event reader process exited (code %s) holding %d messages: lost;"
+                " starting another",
+                reader.exitcode,
+                dropped,
+            )
+            with self._stats_lock:
+                self._last_error = f"event reader process exited (code {reader.exitcode})"
+                if dropped:
+                    self._last_loss_at = self._clock()
+                self._dropped_before += dropped
+                self._reader_process = None
+            failures += 1
+            if not self._backoff(failures, True):
+                break
+
+    def _follow(self, reader: ReaderProcess) -> None:
+        """The child's frames, in order, into the local buffer and the bookkeeping."""
+        put = self._put
+        for kind, payload in reader.frames(self._stopping):
+            if kind == MESSAGES:
+                for data in payload:
+                    put(data, len(data))
+            elif kind == CONNECTED:
+                self._on_connected()
+            elif kind == DISCONNECTED:
+                text, by_server = payload
+                self._on_disconnected(_ReaderError(text), bool(by_server))
+
     def _redis_connect(self) -> redis.Connection:
         ssl_options = None
         if self._app is not None and isinstance(self._app.conf.broker_use_ssl, Mapping):
@@ -567,7 +679,12 @@ class EventConsumer:
     # -- reader (either transport) ----------------------------------------------------
     def _run_reader(self) -> None:
         try:
-            self._supervise("reader", self._run_redis if self._fast else self._run_kombu)
+            target = self._run_kombu
+            if self._use_process:
+                target = self._run_redis_process
+            elif self._fast:
+                target = self._run_redis
+            self._supervise("reader", target)
         finally:
             self._connected.clear()
             self._reader_done.set()
