@@ -90,6 +90,10 @@ _SERVER_CLOSED = "Connection closed by server"
 _READ_TIMEOUT = 0.25  # how often a blocked reader looks at the stop flag
 _IDLE_PING = 15.0  # an idle subscription sends PING so a dead peer is noticed
 _AMQP_HEARTBEAT_CHECK = 1.0
+# Celery declares its event queue with a 5 s per-message TTL (event_queue_ttl): on RabbitMQ, an
+# event that waits longer behind a busy consumer expires unseen, a loss nobody can count. Our
+# queue keeps events at least this long; a longer event_queue_ttl in the app is kept.
+AMQP_EVENT_TTL = 300.0
 # A raw event message is ~0.6-2 KB; an already-decoded AMQP event is charged as this many.
 _DECODED_EVENT_COST = 1024
 # Received events waiting this long without one being applied: intake is stalled (/healthz).
@@ -807,7 +811,9 @@ class EventConsumer:
         # Fail fast: the reconnect policy (and its counting) is ours, not kombu's.
         conn.ensure_connection(max_retries=1)
         channel = conn.channel()
-        receiver = app.events.Receiver(channel, handlers={}, app=app)
+        receiver = app.events.Receiver(
+            channel, handlers={}, app=app, queue_ttl=amqp_event_ttl(app.conf.event_queue_ttl)
+        )
         from_message = receiver.event_from_message
         put = self._put
 
@@ -828,6 +834,9 @@ class EventConsumer:
         def on_decode_error(message: Message, exc: Exception) -> None:
             self._count_malformed("body", f"undecodable body: {type(exc).__name__}")
 
+        # no_ack, as Celery's receiver: RabbitMQ's prefetch limit applies to acknowledged
+        # deliveries only, so the broker pushes as fast as this socket is read, and when it is
+        # not read (our buffer full) events wait in the queue, under the TTL above.
         consumer = Consumer(
             channel,
             queues=[receiver.queue],
@@ -896,6 +905,15 @@ class EventConsumer:
             if failures.get(name) != text:
                 log.warning("Broadcast %s failed: %s", name, text)
             failures[name] = text
+
+
+def amqp_event_ttl(configured: object) -> float:
+    """The per-message TTL of our event queue: the app's ``event_queue_ttl`` if longer."""
+    try:
+        value = float(configured) if configured is not None else 0.0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = 0.0
+    return max(value, AMQP_EVENT_TTL)
 
 
 def _closed_by_server(exc: BaseException) -> bool:

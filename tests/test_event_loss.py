@@ -11,11 +11,13 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 from slack_sdk import WebClient
 
 from chatbot.alerts.manager import AlertManager
@@ -125,8 +127,8 @@ def test_status_names_the_cut_offs_the_drops_and_the_time_of_the_latest() -> Non
 class HeldStore(MemoryStore):
     """A MemoryStore whose ``apply`` can be held up, as a long GC pause or a slow lock would."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.released = threading.Event()
         self.released.set()
 
@@ -263,6 +265,42 @@ def test_a_reader_process_killed_holding_messages_counts_them_dropped_and_is_rep
     finally:
         store.released.set()
         consumer.stop()
+
+
+@pytest.mark.amqp
+def test_amqp_events_that_wait_past_celerys_5s_ttl_behind_a_busy_consumer_are_not_lost(
+    amqp_url: str,
+) -> None:
+    store = HeldStore(max_tasks=50_000)
+    app = Celery("loss-test", broker=amqp_url, set_as_current=False)
+    consumer = EventConsumer(
+        amqp_url, store, app=app, heartbeat=lambda: None, enable_events=lambda: None,
+        buffer_bytes=8 * 1024,
+    )  # fmt: skip
+    consumer.start()
+    hostname = f"w-{uuid.uuid4().hex[:8]}@loss"
+    ids = [str(uuid.uuid4()) for _ in range(5_000)]  # 20 MB: more than the sockets hold
+    try:
+        assert consumer.wait_connected(30)
+        store.released.clear()  # busy: the events wait in RabbitMQ's queue, not in ours
+        with app.connection_for_write() as conn:
+            dispatcher = app.events.Dispatcher(conn, hostname=hostname, enabled=True)
+            for task_id in ids:
+                dispatcher.send(
+                    "task-received", uuid=task_id, name="loss.task", args="()",
+                    kwargs="{}", padding="p" * 4000,
+                )  # fmt: skip
+            dispatcher.close()
+        time.sleep(app.conf.event_queue_ttl + 3)  # past Celery's own TTL (5 s)
+        store.released.set()
+        # With Celery's 5 s TTL, RabbitMQ expired most of them unseen: this wait times out.
+        wait_for(lambda: all(store.get_task(t) is not None for t in ids[-100:]))
+        missing = [t for t in ids if store.get_task(t) is None]
+        assert missing == []
+    finally:
+        store.released.set()
+        consumer.stop()
+        app.close()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE) -> Any:
