@@ -22,9 +22,9 @@ subscription, and a burst becomes lag in its bounded buffer rather than a cut-of
 In both, a *reader* thread only moves messages off the socket (or the child's pipe) into a
 bounded local buffer, and an *applier* thread decodes them and hands them to ``store.apply``
 in batches, so the store lock is taken once per batch and a store that is briefly busy (a
-long query holding its lock) does not stop the socket from being drained. A third *control* thread sends the
-``heartbeat`` / ``enable_events`` broadcasts, which can block on the broker and so must
-never run on the reader, nor on a thread that answers Slack.
+long query holding its lock) does not stop the socket from being drained. A third *control*
+thread sends the ``heartbeat`` / ``enable_events`` broadcasts, which can block on the broker
+and so must never run on the reader, nor on a thread that answers Slack.
 
 Anyone on the broker can publish on the event channels, so nothing one message carries may
 stop the intake (issue 11): every event is checked by :mod:`chatbot.eventcheck` before the

@@ -41,6 +41,7 @@ from chatbot.eventcheck import (
     EventChecker,
     RejectedEvent,
 )
+from chatbot.eventreader import CONNECTED
 from chatbot.eventwire import (
     WIRE_REASONS,
     Localizer,
@@ -290,21 +291,31 @@ def test_a_dead_applier_is_restarted_and_the_death_shown(
     assert consumer.health_into(StreamHealth()).intake_restarts == 1
 
 
+@pytest.mark.parametrize("reader", ["process", "thread"])
 def test_a_dead_reader_is_restarted_and_reconnects(
-    redis_url: str, wire: Wire, monkeypatch: pytest.MonkeyPatch
+    redis_url: str, wire: Wire, monkeypatch: pytest.MonkeyPatch, reader: str
 ) -> None:
     store = MemoryStore()
-    consumer = EventConsumer(redis_url, store, heartbeat=lambda: None, enable_events=lambda: None)
-    read = consumer._redis_read
+    consumer = EventConsumer(
+        redis_url, store, heartbeat=lambda: None, enable_events=lambda: None, reader=reader
+    )
+    # The reading step of each reader: the socket (thread) or the reader process's frames.
+    step = "_follow" if reader == "process" else "_redis_read"
+    read = getattr(consumer, step)
     calls: list[int] = []
 
-    def dies_once(conn: redis.Connection) -> None:
+    def dies_once(source: Any) -> None:
         calls.append(1)
         if len(calls) == 1:
+            if reader == "process":  # die once subscribed, as the thread's read does
+                for kind, _ in source.frames(threading.Event()):
+                    if kind == CONNECTED:
+                        consumer._on_connected()
+                        break
             raise RuntimeError("injected reader fault")
-        read(conn)
+        read(source)
 
-    monkeypatch.setattr(consumer, "_redis_read", dies_once)
+    monkeypatch.setattr(consumer, step, dies_once)
     consumer.start()
     try:
         wait_for(lambda: consumer.intake_restarts == 1, what="the reader's death counted")
