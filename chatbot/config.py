@@ -181,6 +181,13 @@ def _log_level(name: str, raw: str) -> str:
     return value
 
 
+def _event_reader(name: str, raw: str) -> str:
+    value = raw.strip().lower() or "process"
+    if value not in {"process", "thread"}:
+        raise ConfigError(f"{name}: expected process or thread, got {raw!r}")
+    return value
+
+
 # What a setting is about; ``--help`` of each subcommand lists the topics it reads.
 BROKER = "broker"
 SLACK = "slack"
@@ -410,6 +417,14 @@ class Settings:
             "CHATOPS_ENABLE_EVENTS_INTERVAL", _float_parser(0), BROKER,
             "seconds between enable_events broadcasts (0: never), so workers started without"
             " -E send task events",
+        ),
+    )  # fmt: skip
+    event_reader: str = field(
+        default="process",
+        metadata=_meta(
+            "CHATOPS_EVENT_READER", _event_reader, BROKER,
+            "who reads a Redis broker's event subscription: a child process (process), which"
+            " keeps draining it while this one is busy, or a thread of this process (thread)",
         ),
     )  # fmt: skip
     # Who the person at ``celery-chatops console`` is, for operator checks: a Slack user ID

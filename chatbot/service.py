@@ -296,6 +296,7 @@ class Service:
                     heartbeat=self.control.heartbeat,
                     enable_events_interval=self.settings.enable_events_interval,
                     clock=self.clock,
+                    reader=self.settings.event_reader,
                 )
                 if self.stores is not None:
                     self.stores.set_health_source(self.consumer.health_into)
