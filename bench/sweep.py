@@ -641,9 +641,20 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(subject, _Bot):
                     health = subject.health()
                     scrape = subject.scrape()
-                    alerts = [c for c in slack.calls("chat.postMessage")
-                              if "loss:events" in json.dumps(c.params.get("blocks"))
-                              and c.params.get("channel") == ALERT_CHANNEL]  # fmt: skip
+                    lost = (health.get("event_loss") or {}).get("cutoffs") or (
+                        health.get("event_loss") or {}).get("dropped")  # fmt: skip
+
+                    def loss_alerts() -> list[Any]:
+                        return [c for c in slack.calls("chat.postMessage")
+                                if "loss:events" in json.dumps(c.params.get("blocks"))
+                                and c.params.get("channel") == ALERT_CHANNEL]  # fmt: skip
+
+                    # The alert goes out at the bot's next check, behind any other alerts
+                    # the stream raised (failure spikes...), at Slack's posting pace.
+                    end = time.monotonic() + (90 if lost else 0)
+                    while not loss_alerts() and time.monotonic() < end:
+                        time.sleep(1.0)
+                    alerts = loss_alerts()
                     extras[name] = {
                         "tasks_retained": health.get("tasks_retained"),
                         "healthz_ok": health.get("ok"),
@@ -651,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                         "event_loss": health.get("event_loss"),
                         "metrics_scrape_ms": [round(t * 1000, 1) for t in scrape],
                         "loss_alert_messages": len(alerts),
+                        "alert_messages": len(slack.calls("chat.postMessage")),
                     }
                     slack.clear()
                     print(f"  {name}: {json.dumps(extras[name])}", flush=True)

@@ -51,21 +51,21 @@ import redis
 import redis.exceptions
 
 from chatbot.config import redact_url
-from chatbot.eventcheck import REASONS, EventChecker
+from chatbot.eventcheck import REASONS
 from chatbot.eventreader import (
     CONNECTED,
     DISCONNECTED,
+    EVENTS,
     MESSAGES,
+    DecodedBatch,
+    MessageDecoder,
     ReaderProcess,
     Subscription,
 )
 from chatbot.eventwire import (
     EVENT_EXCHANGE,
     WIRE_REASONS,
-    Localizer,
-    MalformedMessage,
     accept_content,
-    decode_body,
     is_event,
     subscribe_topic,
 )
@@ -238,8 +238,9 @@ class EventConsumer:
 
         serializer = app.conf.event_serializer if app is not None else "json"
         self._accept = accept_content([serializer or "json"])
-        self._localizer = Localizer()
-        self._checker = EventChecker()
+        self._decoder = MessageDecoder(
+            self._accept, self._count_malformed, decoded_cost=_DECODED_EVENT_COST
+        )
 
         # Reader → applier hand-off. deque append/popleft are atomic under the GIL; the
         # counters each have a single writer, so their difference is a lock-free backlog.
@@ -449,18 +450,19 @@ class EventConsumer:
                 redact_url(self.broker_url),
             )
 
-    def _count_malformed(self, reason: str, detail: str) -> None:
-        """Count a dropped message or event under ``reason`` (one of DROP_REASONS)."""
+    def _count_malformed(self, reason: str, detail: str, dropped: int = 1) -> None:
+        """Count ``dropped`` messages or events dropped under ``reason`` (one of DROP_REASONS)."""
         if reason not in DROP_REASONS:
             reason = "undecodable"
         with self._stats_lock:
-            self._malformed += 1
+            self._malformed += dropped
             by_reason = self._malformed_by_reason
-            count = by_reason[reason] = by_reason.get(reason, 0) + 1
+            before = by_reason.get(reason, 0)
+            by_reason[reason] = before + dropped
         # The first of each reason is worth a warning (a misconfigured serializer looks like
         # this); after that a flood of garbage must not flood the log. The detail names the
         # field and the problem, never the value: a value may be a secret.
-        if count == 1:
+        if before == 0:
             log.warning("Dropped a malformed event message (%s): %s", reason, detail[:300])
         else:
             log.debug("Dropped a malformed event message (%s): %s", reason, detail[:300])
@@ -476,7 +478,7 @@ class EventConsumer:
         log.warning("Event stream unavailable (%s); retrying in %.0f s", self._last_error, delay)
         return not self._stopping.wait(delay)
 
-    def _put(self, item: Any, cost: int) -> None:
+    def _put(self, item: Any, cost: int, messages: int = 1) -> None:
         """Reader side of the hand-off: wait (never drop) while the local buffer is full."""
         while self._bytes_in - self._bytes_out > self._buffer_limit:
             if self._stopping.is_set():
@@ -488,7 +490,7 @@ class EventConsumer:
             time.sleep(0.001)
         self._buffer.append(item)
         self._bytes_in += cost
-        self._msgs_in += 1
+        self._msgs_in += messages
         if self._applier_idle:
             self._wake.set()
 
@@ -515,49 +517,27 @@ class EventConsumer:
             self._last_progress = time.monotonic()
 
     def _process(self, items: list[Any]) -> None:
-        """Decode raw messages (Redis) or take decoded events (AMQP), check and apply them.
-
-        Whatever one message or event does (not JSON, nested past any parser's depth, fields
-        of the wrong type, a value the checker or a decoder chokes on), it is counted and
-        dropped here and the next one is taken: nothing one event carries may end the thread.
-        """
+        """Decode raw messages (Redis), check decoded events (AMQP), or take what the reader
+        process decoded, and apply them; what does not decode or check is counted and dropped
+        (:class:`chatbot.eventreader.MessageDecoder`)."""
         events: list[dict[str, Any]] = []
-        localizer = self._localizer
-        localizer.refresh_offset()
-        localize = localizer.localize
-        checker = self._checker
-        checker.refresh()
-        check = checker.check
-        append = events.append
-        now = self._clock()
+        raw: list[Any] = []
         cost = 0
-        accept = self._accept
+        messages = 0
         for item in items:
-            try:
-                if type(item) is dict:  # already through Celery's event_from_message
-                    cost += _DECODED_EVENT_COST
-                    append(check(item))
-                    continue
-                cost += len(item)
-                body = decode_body(item, accept)
-                if type(body) is list:
-                    for event in body:
-                        try:
-                            localize(check(event), now)
-                        except MalformedMessage as exc:
-                            self._count_malformed(exc.reason, str(exc))
-                            continue
-                        append(event)
-                else:
-                    localize(check(body), now)
-                    append(body)
-            except MalformedMessage as exc:
-                self._count_malformed(exc.reason, str(exc))
-            except Exception as exc:  # a decoder's or the checker's bug: this message only
-                # The type only: an error's text may quote the value, and a value may be a secret.
-                self._count_malformed("undecodable", type(exc).__name__)
+            if type(item) is DecodedBatch:
+                events.extend(item.events)
+                cost += item.cost
+                messages += item.messages
+                for reason, (count, detail) in item.drops.items():
+                    self._count_malformed(reason, detail, count)
+            else:
+                raw.append(item)
+        if raw:
+            cost += self._decoder.decode_into(raw, events, self._clock())
+            messages += len(raw)
         self._pending_events = len(events)
-        self._msgs_out += len(items)
+        self._msgs_out += messages
         self._bytes_out += cost
         self._apply(events)
         self._pending_events = 0
@@ -601,7 +581,9 @@ class EventConsumer:
             self._transport_options.get("socket_connect_timeout") or self._connect_timeout
         )
         topic, is_pattern = self._redis_topic(int(kwargs["db"]))
-        return Subscription(cls, kwargs, topic, is_pattern, connect_timeout)
+        return Subscription(
+            cls, kwargs, topic, is_pattern, connect_timeout, decode=True, accept=self._accept
+        )
 
     def _run_redis_process(self) -> None:
         """Follow a reader process; if it dies, count what it held as lost and start another.
@@ -645,7 +627,9 @@ class EventConsumer:
         """The child's frames, in order, into the local buffer and the bookkeeping."""
         put = self._put
         for kind, payload in reader.frames(self._stopping):
-            if kind == MESSAGES:
+            if kind == EVENTS:
+                put(payload, payload.cost, payload.messages)
+            elif kind == MESSAGES:
                 for data in payload:
                     put(data, len(data))
             elif kind == CONNECTED:

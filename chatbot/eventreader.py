@@ -10,10 +10,16 @@ second Redis's buffer fills within a second. A child process has an interpreter 
 it only reads the socket and buffers raw messages (bounded, ``buffer_bytes``), so a burst
 becomes lag in this buffer, not a cut-off.
 
+The child also *decodes* (``Subscription.decode``): kombu's envelope, base64, the JSON body,
+:mod:`chatbot.eventcheck`'s checks and the localization cost the applier about as much as the
+store does, and in the child they run on the other core. The decoding is
+:class:`MessageDecoder`, the same code the consumer runs when it decodes itself.
+
 The child speaks to the parent over one :func:`multiprocessing.Pipe`, in order, with frames
-(``kind, payload``): :data:`MESSAGES` (a list of raw message bodies, up to ``batch_max`` or
-``batch_bytes`` at a time), :data:`CONNECTED` (a subscription is in place) and
-:data:`DISCONNECTED` (``(error text, closed by the server)``). Reconnecting with back-off
+(``kind, payload``): :data:`EVENTS` (a :class:`DecodedBatch`, from up to ``batch_max``
+messages or ``batch_bytes``), or :data:`MESSAGES` (the raw messages, when the child does not
+decode), :data:`CONNECTED` (a subscription is in place) and :data:`DISCONNECTED` (``(error
+text, closed by the server)``). Reconnecting with back-off
 happens in the child; the parent turns the frames into the consumer's own bookkeeping.
 What the child holds but has not handed over yet is published in shared counters, so the
 parent can report it as lag, and counted as *dropped* if the child dies holding it.
@@ -33,16 +39,20 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import redis
 import redis.exceptions
 
+from chatbot.eventcheck import EventChecker
+from chatbot.eventwire import Localizer, MalformedMessage, decode_body
+
 log = logging.getLogger(__name__)
 
 MESSAGES: Final = "m"
+EVENTS: Final = "e"
 CONNECTED: Final = "c"
 DISCONNECTED: Final = "d"
 
@@ -62,6 +72,81 @@ _BACKPRESSURE_WAITS = 3  # times the socket was left unread because the buffer w
 _COUNTERS = 4
 
 
+@dataclass(slots=True)
+class DecodedBatch:
+    """What the child made of ``messages`` raw messages (``cost`` bytes): the events to apply,
+    and the drops by reason (``reason -> (count, the first one's detail)``)."""
+
+    events: list[dict[str, Any]]
+    messages: int
+    cost: int
+    drops: dict[str, tuple[int, str]]
+
+
+class MessageDecoder:
+    """Raw event messages to checked, localized events; what does not decode or check is
+    reported to ``on_drop(reason, detail)`` and left out.
+
+    Whatever one message or event does (not JSON, nested past any parser's depth, fields of
+    the wrong type, a value the checker or a decoder chokes on), it is dropped here and the
+    next one is taken: nothing one event carries may end the thread that decodes.
+    """
+
+    def __init__(
+        self,
+        accept: frozenset[str],
+        on_drop: Callable[[str, str], None],
+        *,
+        decoded_cost: int = 1024,
+    ) -> None:
+        self.accept = accept
+        self.on_drop = on_drop
+        self.decoded_cost = decoded_cost
+        self.localizer = Localizer()
+        self.checker = EventChecker()
+
+    def decode_into(
+        self, items: Iterable[Any], events: list[dict[str, Any]], now: float
+    ) -> int:
+        """Append the events of ``items`` (raw bytes, or dicts already through Celery's
+        ``event_from_message``: checked only) to ``events``; returns their cost in bytes."""
+        localizer = self.localizer
+        localizer.refresh_offset()
+        localize = localizer.localize
+        checker = self.checker
+        checker.refresh()
+        check = checker.check
+        append = events.append
+        accept = self.accept
+        on_drop = self.on_drop
+        cost = 0
+        for item in items:
+            try:
+                if type(item) is dict:
+                    cost += self.decoded_cost
+                    append(check(item))
+                    continue
+                cost += len(item)
+                body = decode_body(item, accept)
+                if type(body) is list:
+                    for event in body:
+                        try:
+                            localize(check(event), now)
+                        except MalformedMessage as exc:
+                            on_drop(exc.reason, str(exc))
+                            continue
+                        append(event)
+                else:
+                    localize(check(body), now)
+                    append(body)
+            except MalformedMessage as exc:
+                on_drop(exc.reason, str(exc))
+            except Exception as exc:  # a decoder's or the checker's bug: this message only
+                # The type only: an error's text may quote the value, and a value may be a secret.
+                on_drop("undecodable", type(exc).__name__)
+        return cost
+
+
 @dataclass(frozen=True)
 class Subscription:
     """Everything the child needs to connect and subscribe: plain data, so it can be pickled."""
@@ -72,7 +157,8 @@ class Subscription:
     is_pattern: bool
     connect_timeout: float = 5.0
     client_name: str = "celery-chatops-events"
-    extra: dict[str, Any] = field(default_factory=dict)
+    decode: bool = False  # decode in the child: EVENTS frames instead of MESSAGES
+    accept: frozenset[str] = frozenset({"application/json"})
 
 
 @dataclass(frozen=True)
@@ -349,6 +435,17 @@ class _Child:
         buffer = self.buffer
         send = self.conn.send
         counters = self.counters
+        drops: dict[str, tuple[int, str]] = {}
+
+        def on_drop(reason: str, detail: str) -> None:
+            count, first = drops.get(reason, (0, detail))
+            drops[reason] = (count + 1, first)
+
+        decoder = (
+            MessageDecoder(self.subscription.accept, on_drop)
+            if self.subscription.decode
+            else None
+        )
         try:
             while True:
                 if not buffer:
@@ -373,8 +470,14 @@ class _Child:
                     buffer.popleft()
                     batch.append(item)
                     size += len(item)
-                if batch:
+                if batch and decoder is not None:
+                    events: list[dict[str, Any]] = []
+                    decoder.decode_into(batch, events, time.time())
+                    send((EVENTS, DecodedBatch(events, len(batch), size, drops)))
+                    drops = {}
+                elif batch:
                     send((MESSAGES, batch))  # blocks while the parent's pipe end is full
+                if batch:
                     self.bytes_out += size
                     self.msgs_out += len(batch)
                     counters[_BUFFERED_MESSAGES] = self.msgs_in - self.msgs_out

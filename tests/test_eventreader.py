@@ -20,19 +20,21 @@ from chatbot.demo.embedded import EmbeddedRedis
 from chatbot.eventreader import (
     CONNECTED,
     DISCONNECTED,
+    EVENTS,
     MESSAGES,
+    DecodedBatch,
     ReaderProcess,
     Subscription,
 )
-from chatbot.eventwire import publish_topic, subscribe_topic
+from chatbot.eventwire import encode_message, publish_topic, subscribe_topic
 
 DEADLINE = 60.0
 
 
-def subscription_for(url: str) -> Subscription:
+def subscription_for(url: str, decode: bool = False) -> Subscription:
     cls, kwargs = redis_connection_kwargs(url)
     topic, is_pattern = subscribe_topic(db=int(kwargs["db"]))
-    return Subscription(cls, kwargs, topic, is_pattern)
+    return Subscription(cls, kwargs, topic, is_pattern, decode=decode)
 
 
 class Collector:
@@ -43,6 +45,7 @@ class Collector:
         self.messages: list[bytes] = []
         self.kinds: list[str] = []
         self.disconnects: list[tuple[str, bool]] = []
+        self.batches: list[DecodedBatch] = []
         self.stopping = threading.Event()
         self.paused = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -52,6 +55,8 @@ class Collector:
             self.kinds.append(kind)
             if kind == MESSAGES:
                 self.messages.extend(payload)
+            elif kind == EVENTS:
+                self.batches.append(payload)
             elif kind == DISCONNECTED:
                 self.disconnects.append(payload)
             while self.paused.is_set() and not self.stopping.is_set():
@@ -70,8 +75,8 @@ class Collector:
 def readers() -> Iterator[Callable[..., tuple[ReaderProcess, Collector]]]:
     made: list[tuple[ReaderProcess, Collector]] = []
 
-    def make(url: str, **options: Any) -> tuple[ReaderProcess, Collector]:
-        reader = ReaderProcess(subscription_for(url), **options)
+    def make(url: str, decode: bool = False, **options: Any) -> tuple[ReaderProcess, Collector]:
+        reader = ReaderProcess(subscription_for(url, decode), **options)
         reader.start()
         collector = Collector(reader)
         collector.thread.start()
@@ -180,3 +185,38 @@ def test_a_child_killed_holding_messages_counts_them_as_dropped(
     stats = reader.stats()
     assert stats.dropped_messages + len(collector.messages) == 20_000
     assert stats.dropped_messages > 0
+
+
+def test_a_decoding_child_hands_over_checked_localized_events_and_counts_what_it_dropped(
+    redis_url: str, readers: Callable[..., tuple[ReaderProcess, Collector]]
+) -> None:
+    _, collector = readers(redis_url, decode=True)
+    client = redis.Redis.from_url(redis_url)
+    db = int(redis_url.rsplit("/", 1)[1])
+    good = [
+        {"type": "task-received", "uuid": f"t-{i}", "name": "app.add", "hostname": "w1@h",
+         "timestamp": 1_700_000_000.0 + i, "utcoffset": 0, "pid": 1, "clock": i + 1}
+        for i in range(300)
+    ]  # fmt: skip
+    with client.pipeline(transaction=False) as pipe:
+        for event in good:
+            pipe.publish(publish_topic("task.received", db=db),
+                         encode_message(event, "task.received"))  # fmt: skip
+        pipe.publish(publish_topic("task.received", db=db), b"not json at all")
+        pipe.publish(publish_topic("task.multi", db=db), encode_message(good[:2], "task.multi"))
+        pipe.execute()
+
+    def handed_over() -> int:
+        return sum(b.messages for b in collector.batches)
+
+    collector.wait(lambda: handed_over() == len(good) + 2, "every message handed over")
+    events = [e for b in collector.batches for e in b.events]
+    assert [e["uuid"] for e in events] == [e["uuid"] for e in good] + ["t-0", "t-1"]
+    assert all("local_received" in e for e in events)
+    drops: dict[str, int] = {}
+    for batch in collector.batches:
+        for reason, (count, _) in batch.drops.items():
+            drops[reason] = drops.get(reason, 0) + count
+    assert drops == {"not-json": 1}
+    assert sum(b.cost for b in collector.batches) > 0
+    assert collector.messages == []  # decoded: no raw messages cross the pipe
