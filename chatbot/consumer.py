@@ -17,7 +17,8 @@ On Redis the socket is read by a child *process* (:mod:`chatbot.eventreader`, ``
 "process"``, the default): it has an interpreter lock of its own, so neither the applier, nor
 a garbage collection, nor a ``/metrics`` scrape in this process can stop it from draining the
 subscription, and a burst becomes lag in its bounded buffer rather than a cut-off by Redis.
-``reader="thread"`` keeps the reader in this process (measured beside it by ``bench/sweep.py``).
+``reader="process-decode"`` has the child decode too; ``reader="thread"`` keeps the reader in
+this process (both measured beside it by ``bench/sweep.py``).
 
 In both, a *reader* thread only moves messages off the socket (or the child's pipe) into a
 bounded local buffer, and an *applier* thread decodes them and hands them to ``store.apply``
@@ -80,7 +81,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
-READERS = ("process", "thread")
+# process: a reader process hands raw messages over, this process decodes and applies them;
+# process-decode: the reader process decodes too (a second busy core; on a 2-core box shared
+# with the broker and the publisher it measured no better: docs/architecture.md); thread.
+READERS = ("process", "process-decode", "thread")
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 BACKOFF_FIRST = 1.0
@@ -230,7 +234,8 @@ class EventConsumer:
             and "master_name" not in self._transport_options
         )
         self._split = split_reader or not self._fast
-        self._use_process = self._fast and self._split and reader == "process"
+        self._use_process = self._fast and self._split and reader.startswith("process")
+        self._decode_in_reader = reader == "process-decode"
         self._reader_process: ReaderProcess | None = None
         self._dropped_before = 0  # messages lost with reader processes that died before this one
         self._buffer_limit = max(1, int(buffer_bytes))
@@ -582,7 +587,8 @@ class EventConsumer:
         )
         topic, is_pattern = self._redis_topic(int(kwargs["db"]))
         return Subscription(
-            cls, kwargs, topic, is_pattern, connect_timeout, decode=True, accept=self._accept
+            cls, kwargs, topic, is_pattern, connect_timeout, decode=self._decode_in_reader,
+            accept=self._accept,
         )
 
     def _run_redis_process(self) -> None:
