@@ -11,10 +11,12 @@ event per message (the worst case for a decode-bound consumer), at each rate for
 time, the rates back to back:
 
 * ``ours``: the whole ``celery-chatops run`` (its CLI entry point, in a child process; Slack is
-  the local stand-in ``MockSlackAPI``), ``CHATOPS_MAX_TASKS=100000``, the reader process;
-* ``ours-decode``: the same with ``CHATOPS_EVENT_READER=process-decode`` (the reader process
-  decodes too), and ``ours-thread`` with ``CHATOPS_EVENT_READER=thread`` (the reader a thread
-  of the bot's process): the measurements behind the choice in ``docs/architecture.md``;
+  the local stand-in ``MockSlackAPI``), ``CHATOPS_MAX_TASKS=100000``, the reader process
+  (reading and decoding);
+* ``ours-raw``: the same with ``CHATOPS_EVENT_READER=process-raw`` (the reader process hands
+  raw messages over), and ``ours-thread`` with ``CHATOPS_EVENT_READER=thread`` (the reader a
+  thread of the bot's process): the measurements behind the choice in
+  ``docs/architecture.md``;
 * ``celery``: ``celery.events.state.State(max_tasks_in_memory=100000)`` behind Celery's own
   ``EventReceiver`` on kombu's Redis transport, reconnecting when Redis cuts it off;
 * ``flower``: Flower 2.2's ``flower.events.Events`` with its ``EventsState`` on a Tornado loop.
@@ -53,8 +55,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RATES = (10_000, 20_000, 30_000, 40_000, 50_000)
-CONSUMERS = ("ours", "ours-decode", "ours-thread", "celery", "flower")
-READERS = {"ours": "process", "ours-decode": "process-decode", "ours-thread": "thread"}
+CONSUMERS = ("ours", "ours-raw", "ours-thread", "celery", "flower")
+READERS = {"ours": "process", "ours-raw": "process-raw", "ours-thread": "thread"}
 SAMPLE_EVERY = 0.1
 TICK = 0.005  # the publisher sends what is due every 5 ms
 REDIS_PUBSUB_LIMIT = "pubsub 32mb 8mb 60"  # Redis's default, stated so the run does not rely on it

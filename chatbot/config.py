@@ -183,8 +183,8 @@ def _log_level(name: str, raw: str) -> str:
 
 def _event_reader(name: str, raw: str) -> str:
     value = raw.strip().lower() or "process"
-    if value not in {"process", "process-decode", "thread"}:
-        raise ConfigError(f"{name}: expected process, process-decode or thread, got {raw!r}")
+    if value not in {"process", "process-raw", "thread"}:
+        raise ConfigError(f"{name}: expected process, process-raw or thread, got {raw!r}")
     return value
 
 
@@ -423,10 +423,9 @@ class Settings:
         default="process",
         metadata=_meta(
             "CHATOPS_EVENT_READER", _event_reader, BROKER,
-            "who reads a Redis broker's event subscription: a child process (process), which"
-            " keeps draining it while this one is busy; the same decoding the events too"
-            " (process-decode: for a host with a core to spare); or a thread of this process"
-            " (thread)",
+            "who reads a Redis broker's event subscription: a child process that also decodes"
+            " the events (process), which keeps draining it while this one is busy; the same"
+            " handing raw messages over (process-raw); or a thread of this process (thread)",
         ),
     )  # fmt: skip
     # Who the person at ``celery-chatops console`` is, for operator checks: a Slack user ID

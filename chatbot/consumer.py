@@ -17,11 +17,13 @@ On Redis the socket is read by a child *process* (:mod:`chatbot.eventreader`, ``
 "process"``, the default): it has an interpreter lock of its own, so neither the applier, nor
 a garbage collection, nor a ``/metrics`` scrape in this process can stop it from draining the
 subscription, and a burst becomes lag in its bounded buffer rather than a cut-off by Redis.
-``reader="process-decode"`` has the child decode too; ``reader="thread"`` keeps the reader in
-this process (both measured beside it by ``bench/sweep.py``).
+The child decodes the messages too, so the applier here only applies. ``reader="process-raw"``
+has the child hand raw messages over, ``reader="thread"`` keeps the reader in this process
+(both measured beside it by ``bench/sweep.py``).
 
 In both, a *reader* thread only moves messages off the socket (or the child's pipe) into a
-bounded local buffer, and an *applier* thread decodes them and hands them to ``store.apply``
+bounded local buffer, and an *applier* thread decodes them (unless the child did) and hands
+them to ``store.apply``
 in batches, so the store lock is taken once per batch and a store that is briefly busy (a
 long query holding its lock) does not stop the socket from being drained. A third *control*
 thread sends the ``heartbeat`` / ``enable_events`` broadcasts, which can block on the broker
@@ -81,10 +83,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
-# process: a reader process hands raw messages over, this process decodes and applies them;
-# process-decode: the reader process decodes too (a second busy core; on a 2-core box shared
-# with the broker and the publisher it measured no better: docs/architecture.md); thread.
-READERS = ("process", "process-decode", "thread")
+# process: a reader process reads and decodes, this process applies (docs/architecture.md);
+# process-raw: the reader process hands raw messages over, this process decodes; thread.
+READERS = ("process", "process-raw", "thread")
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 
 BACKOFF_FIRST = 1.0
@@ -235,7 +236,7 @@ class EventConsumer:
         )
         self._split = split_reader or not self._fast
         self._use_process = self._fast and self._split and reader.startswith("process")
-        self._decode_in_reader = reader == "process-decode"
+        self._decode_in_reader = reader == "process"
         self._reader_process: ReaderProcess | None = None
         self._dropped_before = 0  # messages lost with reader processes that died before this one
         self._buffer_limit = max(1, int(buffer_bytes))

@@ -144,7 +144,7 @@ def slack_api() -> Iterator[MockSlackAPI]:
     api.stop()
 
 
-@pytest.mark.parametrize("reader", ["process", "process-decode", "thread"])
+@pytest.mark.parametrize("reader", ["process", "process-raw", "thread"])
 def test_a_real_redis_cut_off_raises_the_loss_alert_in_the_alert_channel(
     embedded_redis: Callable[..., EmbeddedRedis], slack_api: MockSlackAPI, reader: str
 ) -> None:
