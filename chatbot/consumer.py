@@ -29,6 +29,13 @@ long query holding its lock) does not stop the socket from being drained. A thir
 thread sends the ``heartbeat`` / ``enable_events`` broadcasts, which can block on the broker
 and so must never run on the reader, nor on a thread that answers Slack.
 
+The transports' readers live beside this core, as mixins of :class:`EventConsumer`:
+:mod:`chatbot.consumer_redis` (the connection from a kombu-style URL, the topic, the
+reader-process and reader-thread paths) and :mod:`chatbot.consumer_amqp` (kombu and the AMQP
+queue's TTL); :mod:`chatbot.consumer_base` declares what they use of the core. This module keeps
+the lifecycle, health, supervision and restarts, the bounded buffer, the applier and the
+periodic ``enable_events`` / ``heartbeat`` broadcasts.
+
 Anyone on the broker can publish on the event channels, so nothing one message carries may
 stop the intake (issue 11): every event is checked by :mod:`chatbot.eventcheck` before the
 store sees it, and a message or event that does not decode or check is counted under its
@@ -40,67 +47,52 @@ into a 503.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
-
-import redis
-import redis.exceptions
+from urllib.parse import urlsplit
 
 from chatbot.config import redact_url
+from chatbot.consumer_amqp import AMQP_EVENT_TTL, AMQP_SCHEMES, KombuIntake, amqp_event_ttl
+from chatbot.consumer_base import DECODED_EVENT_COST
+from chatbot.consumer_redis import (
+    READERS,
+    REDIS_SCHEMES,
+    RedisIntake,
+    _ReaderError,
+    redis_connection_kwargs,
+)
 from chatbot.eventcheck import REASONS
-from chatbot.eventreader import (
-    CONNECTED,
-    DISCONNECTED,
-    EVENTS,
-    MESSAGES,
-    DecodedBatch,
-    MessageDecoder,
-    ReaderProcess,
-    Subscription,
-)
-from chatbot.eventwire import (
-    EVENT_EXCHANGE,
-    WIRE_REASONS,
-    accept_content,
-    is_event,
-    subscribe_topic,
-)
+from chatbot.eventreader import DecodedBatch, MessageDecoder, ReaderProcess
+from chatbot.eventwire import WIRE_REASONS, accept_content
 from chatbot.model import StreamHealth
 from chatbot.store import FleetStore
 
 if TYPE_CHECKING:
     from celery import Celery
-    from kombu import Connection as KombuConnection
-    from kombu import Message
+
+# The transport readers' public names stay importable from here, where they always were.
+__all__ = [
+    "AMQP_EVENT_TTL",
+    "AMQP_SCHEMES",
+    "BACKOFF_FIRST",
+    "BACKOFF_MAX",
+    "DROP_REASONS",
+    "READERS",
+    "REDIS_SCHEMES",
+    "STALL_SECONDS",
+    "EventConsumer",
+    "amqp_event_ttl",
+    "redis_connection_kwargs",
+]
 
 log = logging.getLogger(__name__)
 
-REDIS_SCHEMES = frozenset({"redis", "rediss"})
-# process: a reader process reads and decodes, this process applies (docs/architecture.md);
-# process-raw: the reader process hands raw messages over, this process decodes; thread.
-READERS = ("process", "process-raw", "thread")
-AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
-
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
-# redis-py's message when recv() returns EOF: the server closed the subscription.
-_SERVER_CLOSED = "Connection closed by server"
-_READ_TIMEOUT = 0.25  # how often a blocked reader looks at the stop flag
-_IDLE_PING = 15.0  # an idle subscription sends PING so a dead peer is noticed
-_AMQP_HEARTBEAT_CHECK = 1.0
-# Celery declares its event queue with a 5 s per-message TTL (event_queue_ttl): on RabbitMQ, an
-# event that waits longer behind a busy consumer expires unseen, a loss nobody can count. Our
-# queue keeps events at least this long; a longer event_queue_ttl in the app is kept.
-AMQP_EVENT_TTL = 300.0
-# A raw event message is ~0.6-2 KB; an already-decoded AMQP event is charged as this many.
-_DECODED_EVENT_COST = 1024
 # Received events waiting this long without one being applied: intake is stalled (/healthz).
 STALL_SECONDS = 30.0
 # A thread that ran this long before dying starts its restart backoff from the beginning.
@@ -108,72 +100,8 @@ _RESTART_RESET = 60.0
 # The reasons a message or event is dropped, each counted apart: a fixed set, so a label.
 DROP_REASONS = frozenset({*WIRE_REASONS, *REASONS, "undecodable"})
 
-_CERT_REQS = {
-    "cert_required": "required",
-    "required": "required",
-    "cert_optional": "optional",
-    "optional": "optional",
-    "cert_none": "none",
-    "none": "none",
-}
 
-
-class _ReaderError(ConnectionError):
-    """A connection error the reader process reported (its text, already with its type)."""
-
-
-def _cert_reqs(value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        if value == ssl.CERT_NONE:
-            return "none"
-        return "optional" if value == ssl.CERT_OPTIONAL else "required"
-    return _CERT_REQS.get(str(value).strip().lower(), "required")
-
-
-def redis_connection_kwargs(
-    url: str, ssl_options: Mapping[str, Any] | None = None
-) -> tuple[type[redis.Connection], dict[str, Any]]:
-    """redis-py connection class and arguments for a kombu-style Redis broker URL.
-
-    Parsed here rather than by ``redis.from_url`` because kombu URLs carry query options
-    (``ssl_cert_reqs=CERT_REQUIRED``, transport flags) that redis-py would pass on as
-    unknown keyword arguments.
-    """
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    kwargs: dict[str, Any] = {
-        "host": parts.hostname or "localhost",
-        "port": parts.port or 6379,
-        "username": unquote(parts.username) if parts.username else None,
-        "password": unquote(parts.password) if parts.password else None,
-    }
-    path = parts.path.strip("/")
-    db = query.get("db") or query.get("virtual_host") or path or "0"
-    try:
-        kwargs["db"] = int(db)
-    except ValueError:
-        raise ValueError(f"Redis database must be a number, got {db!r}") from None
-    if parts.scheme != "rediss":
-        return redis.Connection, kwargs
-    options: dict[str, Any] = dict(ssl_options or {})
-    for key in ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-        if key in query:
-            options[key] = query[key]
-    reqs = _cert_reqs(options.get("ssl_cert_reqs", "required"))
-    kwargs["ssl_cert_reqs"] = reqs
-    for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
-        if options.get(key):
-            kwargs[key] = options[key]
-    if "ssl_check_hostname" in query:
-        kwargs["ssl_check_hostname"] = query["ssl_check_hostname"].lower() in {"1", "true", "yes"}
-    elif reqs == "none":
-        kwargs["ssl_check_hostname"] = False
-    return redis.SSLConnection, kwargs
-
-
-class EventConsumer:
+class EventConsumer(RedisIntake, KombuIntake):
     """Consumes the fleet's event stream into ``store`` on background daemon threads.
 
     ``enable_events`` and ``heartbeat`` are fire-and-forget broadcasts (normally
@@ -245,7 +173,7 @@ class EventConsumer:
         serializer = app.conf.event_serializer if app is not None else "json"
         self._accept = accept_content([serializer or "json"])
         self._decoder = MessageDecoder(
-            self._accept, self._count_malformed, decoded_cost=_DECODED_EVENT_COST
+            self._accept, self._count_malformed, decoded_cost=DECODED_EVENT_COST
         )
 
         # Reader → applier hand-off. deque append/popleft are atomic under the GIL; the
@@ -561,116 +489,6 @@ class EventConsumer:
                     log.exception("store.apply failed (%d times so far)", self._apply_errors)
             self._pending_events = max(0, self._pending_events - len(chunk))
 
-    # -- Redis fast path -------------------------------------------------------------
-    def _redis_topic(self, db: int) -> tuple[str, bool]:
-        opts = self._transport_options
-        return subscribe_topic(
-            db=db,
-            global_keyprefix=str(opts.get("global_keyprefix") or ""),
-            fanout_prefix_option=opts.get("fanout_prefix", True),
-            fanout_patterns=bool(opts.get("fanout_patterns", True)),
-            exchange=self._exchange_name(),
-        )
-
-    def _exchange_name(self) -> str:
-        if self._app is not None:
-            return str(self._app.conf.event_exchange or EVENT_EXCHANGE)
-        return EVENT_EXCHANGE
-
-    def _subscription(self) -> Subscription:
-        """What the reader process connects to: the same URL, options and topic as here."""
-        ssl_options = None
-        if self._app is not None and isinstance(self._app.conf.broker_use_ssl, Mapping):
-            ssl_options = self._app.conf.broker_use_ssl
-        cls, kwargs = redis_connection_kwargs(self.broker_url, ssl_options)
-        connect_timeout = float(
-            self._transport_options.get("socket_connect_timeout") or self._connect_timeout
-        )
-        topic, is_pattern = self._redis_topic(int(kwargs["db"]))
-        return Subscription(
-            cls, kwargs, topic, is_pattern, connect_timeout, decode=self._decode_in_reader,
-            accept=self._accept,
-        )
-
-    def _run_redis_process(self) -> None:
-        """Follow a reader process; if it dies, count what it held as lost and start another.
-
-        Runs under ``_supervise`` as the reader role, like ``_run_redis``.
-        """
-        failures = 0
-        while not self._stopping.is_set():
-            reader = ReaderProcess(
-                self._subscription(),
-                buffer_bytes=self._buffer_limit,
-                batch_max=self.batch_max,
-            )
-            self._reader_process = reader
-            reader.start()
-            try:
-                self._follow(reader)
-            finally:
-                self._connected.clear()
-                reader.stop()
-            if self._stopping.is_set():
-                break
-            dropped = reader.stats().dropped_messages
-            log.warning(
-                "The event reader process exited (code %s) holding %d messages: lost;"
-                " starting another",
-                reader.exitcode,
-                dropped,
-            )
-            with self._stats_lock:
-                self._last_error = f"event reader process exited (code {reader.exitcode})"
-                if dropped:
-                    self._last_loss_at = self._clock()
-                self._dropped_before += dropped
-                self._reader_process = None
-            failures += 1
-            if not self._backoff(failures, True):
-                break
-
-    def _follow(self, reader: ReaderProcess) -> None:
-        """The child's frames, in order, into the local buffer and the bookkeeping."""
-        put = self._put
-        for kind, payload in reader.frames(self._stopping):
-            if kind == EVENTS:
-                put(payload, payload.cost, payload.messages)
-            elif kind == MESSAGES:
-                for data in payload:
-                    put(data, len(data))
-            elif kind == CONNECTED:
-                self._on_connected()
-            elif kind == DISCONNECTED:
-                text, by_server = payload
-                self._on_disconnected(_ReaderError(text), bool(by_server))
-
-    def _redis_connect(self) -> redis.Connection:
-        ssl_options = None
-        if self._app is not None and isinstance(self._app.conf.broker_use_ssl, Mapping):
-            ssl_options = self._app.conf.broker_use_ssl
-        cls, kwargs = redis_connection_kwargs(self.broker_url, ssl_options)
-        connect_timeout = float(
-            self._transport_options.get("socket_connect_timeout") or self._connect_timeout
-        )
-        conn = cls(
-            **kwargs,
-            protocol=2,  # RESP2: pub/sub messages are plain lists, no push-handler detour
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=None,
-            socket_keepalive=True,
-            health_check_interval=0,
-            client_name="celery-chatops-events",
-        )
-        conn.connect()
-        topic, is_pattern = self._redis_topic(int(kwargs["db"]))
-        conn.send_command("PSUBSCRIBE" if is_pattern else "SUBSCRIBE", topic)
-        reply = conn.read_response(timeout=connect_timeout)
-        if not (isinstance(reply, list) and reply and reply[0] in (b"psubscribe", b"subscribe")):
-            conn.disconnect()
-            raise redis.exceptions.ConnectionError(f"unexpected reply to SUBSCRIBE: {reply!r}")
-        return conn
-
     # -- reader (either transport) ----------------------------------------------------
     def _run_reader(self) -> None:
         try:
@@ -684,170 +502,6 @@ class EventConsumer:
             self._connected.clear()
             self._reader_done.set()
             self._wake.set()
-
-    # -- Redis fast path, continued --------------------------------------------------
-    def _run_redis(self) -> None:
-        attempt = 0
-        was_good = False
-        while not self._stopping.is_set():
-            conn: redis.Connection | None = None
-            sessions = self._sessions
-            try:
-                conn = self._redis_connect()
-                self._on_connected()
-                self._redis_read(conn)
-                self._on_disconnected(None, False)
-            except (redis.exceptions.RedisError, OSError, ValueError) as exc:
-                by_server = self._sessions != sessions and _closed_by_server(exc)
-                self._on_disconnected(exc, by_server)
-            finally:
-                if conn is not None:
-                    conn.disconnect()
-            if self._sessions != sessions:
-                attempt, was_good = 0, True
-            if self._stopping.is_set() or not self._backoff(attempt, was_good):
-                break
-            attempt += 1
-
-    def _redis_read(self, conn: redis.Connection) -> None:
-        put = self._put
-        stopping = self._stopping
-        split = self._split
-        batch_max = self.batch_max
-        monotonic = time.monotonic
-        inline: list[bytes] = []
-        last_reply = monotonic()
-        pinged = False
-        while not stopping.is_set():
-            try:
-                reply = conn.read_response(timeout=_READ_TIMEOUT, disconnect_on_error=False)
-            except redis.exceptions.TimeoutError:
-                if inline:
-                    self._process(inline)
-                    inline = []
-                idle = monotonic() - last_reply
-                if idle > 2 * _IDLE_PING:
-                    raise redis.exceptions.TimeoutError(
-                        f"no reply from the broker for {idle:.0f} s"
-                    ) from None
-                if idle > _IDLE_PING and not pinged:
-                    conn.send_command("PING")
-                    pinged = True
-                continue
-            last_reply = monotonic()
-            pinged = False
-            # pmessage: [kind, pattern, channel, data]; message: [kind, channel, data].
-            # Anything else (subscribe confirmations, PING's pong) only proves liveness.
-            if type(reply) is list and len(reply) >= 3 and reply[0] in (b"pmessage", b"message"):
-                data = reply[-1]
-                if not data:
-                    continue
-                if split:
-                    put(data, len(data))
-                else:
-                    inline.append(data)
-                    if len(inline) >= batch_max or not conn.can_read(0):
-                        self._process(inline)
-                        inline = []
-        if inline:
-            self._process(inline)
-
-    # -- kombu path (AMQP, and Redis without the fast path) ---------------------------
-    def _kombu_app(self) -> Celery:
-        if self._app is None:
-            from celery import Celery
-
-            self._app = Celery(
-                "celery-chatops-consumer",
-                broker=self.broker_url,
-                set_as_current=False,
-            )
-            self._app.conf.broker_transport_options = dict(self._transport_options)
-        return self._app
-
-    def _run_kombu(self) -> None:
-        attempt = 0
-        was_good = False
-        app = self._kombu_app()
-        while not self._stopping.is_set():
-            conn: KombuConnection | None = None
-            sessions = self._sessions
-            try:
-                conn = app.connection_for_read(
-                    self.broker_url,
-                    transport_options=dict(self._transport_options),
-                    connect_timeout=self._connect_timeout,
-                )
-                self._kombu_consume(app, conn)
-                self._on_disconnected(None, False)
-            except Exception as exc:
-                # Errors differ per transport (socket, amqp, redis-py); all mean "reconnect".
-                by_server = self._sessions != sessions and _closed_by_server(exc)
-                self._on_disconnected(exc, by_server)
-            finally:
-                if conn is not None:
-                    try:
-                        conn.release()
-                    except Exception:
-                        log.debug("closing the event connection failed", exc_info=True)
-            if self._sessions != sessions:
-                attempt, was_good = 0, True
-            if self._stopping.is_set() or not self._backoff(attempt, was_good):
-                break
-            attempt += 1
-
-    def _kombu_consume(self, app: Celery, conn: KombuConnection) -> None:
-        from kombu import Consumer
-
-        # Fail fast: the reconnect policy (and its counting) is ours, not kombu's.
-        conn.ensure_connection(max_retries=1)
-        channel = conn.channel()
-        receiver = app.events.Receiver(
-            channel, handlers={}, app=app, queue_ttl=amqp_event_ttl(app.conf.event_queue_ttl)
-        )
-        from_message = receiver.event_from_message
-        put = self._put
-
-        def on_message(body: Any, message: Message) -> None:
-            # Celery's EventReceiver._receive, minus the crash on a body that is not events.
-            batch = body if isinstance(body, list) else [body]
-            for event in batch:
-                if not is_event(event):
-                    self._count_malformed("not-an-event", "body is not an event object")
-                    continue
-                try:
-                    _, localized = from_message(event)
-                except Exception as exc:  # Celery's arithmetic on whatever the fields hold
-                    self._count_malformed("undecodable", f"bad event fields: {type(exc).__name__}")
-                    continue
-                put(localized, _DECODED_EVENT_COST)
-
-        def on_decode_error(message: Message, exc: Exception) -> None:
-            self._count_malformed("body", f"undecodable body: {type(exc).__name__}")
-
-        # no_ack, as Celery's receiver: RabbitMQ's prefetch limit applies to acknowledged
-        # deliveries only, so the broker pushes as fast as this socket is read, and when it is
-        # not read (our buffer full) events wait in the queue, under the TTL above.
-        consumer = Consumer(
-            channel,
-            queues=[receiver.queue],
-            callbacks=[on_message],
-            no_ack=True,
-            accept=receiver.accept,
-            on_decode_error=on_decode_error,
-        )
-        with consumer:
-            self._on_connected()
-            next_beat = time.monotonic() + _AMQP_HEARTBEAT_CHECK
-            while not self._stopping.is_set():
-                with contextlib.suppress(TimeoutError):  # socket.timeout: idle
-                    conn.drain_events(timeout=_READ_TIMEOUT)
-                now = time.monotonic()
-                # Under a steady stream drain_events never times out, so AMQP heartbeats
-                # must be checked on the clock, not only when idle.
-                if now >= next_beat:
-                    conn.heartbeat_check()
-                    next_beat = now + _AMQP_HEARTBEAT_CHECK
 
     # -- control broadcasts ----------------------------------------------------------
     def _broadcast(self, name: str) -> Callable[[], None] | None:
@@ -896,22 +550,3 @@ class EventConsumer:
             if failures.get(name) != text:
                 log.warning("Broadcast %s failed: %s", name, text)
             failures[name] = text
-
-
-def amqp_event_ttl(configured: object) -> float:
-    """The per-message TTL of our event queue: the app's ``event_queue_ttl`` if longer."""
-    try:
-        value = float(configured) if configured is not None else 0.0  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        value = 0.0
-    return max(value, AMQP_EVENT_TTL)
-
-
-def _closed_by_server(exc: BaseException) -> bool:
-    """Did the broker end the connection (rather than the network failing or us closing)?"""
-    text = str(exc)
-    if _SERVER_CLOSED in text or "unexpectedly closed" in text.lower():
-        return True
-    name = type(exc).__name__
-    # RabbitMQ: an administrator's close or a shutdown (CONNECTION_FORCED, 320).
-    return name == "ConnectionForced"
