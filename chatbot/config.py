@@ -105,17 +105,43 @@ def _channel_id(name: str, raw: str) -> str:
     return value
 
 
+def broker_url_error(url: str) -> str | None:
+    """Why ``url`` is not a broker URL the bot can read, or None (never echoes the URL)."""
+    scheme = urlsplit(url).scheme
+    if scheme not in {"redis", "rediss", "amqp", "amqps", "pyamqp"}:
+        return (
+            f"unsupported scheme {scheme + '://' if scheme else '(none)'};"
+            " use redis://, rediss:// or amqp://"
+        )
+    return None
+
+
 def _broker_url(name: str, raw: str) -> str:
     value = raw.strip()
     if not value:
         return ""
-    scheme = urlsplit(value).scheme
-    if scheme not in {"redis", "rediss", "amqp", "amqps", "pyamqp"}:
-        raise ConfigError(
-            f"{name}: unsupported scheme {scheme + '://' if scheme else '(none)'};"
-            " use redis://, rediss:// or amqp://"
-        )
+    problem = broker_url_error(value)
+    if problem:
+        raise ConfigError(f"{name}: {problem}")
     return value
+
+
+# Per-cluster keys (CHATOPS_CLUSTER_<NAME>_<SETTING>) are collected as they are and checked,
+# with CHATOPS_CLUSTERS and CHATOPS_CHANNEL_CLUSTERS, by chatbot/cluster_config.py.
+CLUSTER_KEY_PREFIX = "CHATOPS_CLUSTER_"
+
+
+def _is_cluster_key(key: str) -> bool:
+    return key.startswith(CLUSTER_KEY_PREFIX) and len(key) > len(CLUSTER_KEY_PREFIX)
+
+
+def _redact_cluster_list(raw: str) -> str:
+    """``a=redis://:pw@h,b=...`` with every password removed, for describe()."""
+    shown = []
+    for item in raw.split(","):
+        name, sep, url = item.strip().partition("=")
+        shown.append(f"{name}={redact_url(url.strip())}" if sep else "(malformed)")
+    return ",".join(shown) if raw.strip() else ""
 
 
 def _state_url(name: str, raw: str) -> str:
@@ -460,6 +486,34 @@ class Settings:
             "IDENTITY=TOKEN pairs for the REST API (/api/*), IDENTITY a Slack user ID; unset: off",
         ),
     )  # fmt: skip
+    # Several clusters (the README's "Several clusters"): kept as written here, parsed and
+    # checked by chatbot/cluster_config.py when the settings are loaded.
+    clusters: str = field(
+        default="",
+        metadata=_meta(
+            "CHATOPS_CLUSTERS", _str, BROKER,
+            "NAME=BROKER_URL pairs, one per Celery cluster; unset: CELERY_BROKER_URL is 'default'",
+        ),
+    )  # fmt: skip
+    channel_clusters: str = field(
+        default="",
+        metadata=_meta(
+            "CHATOPS_CHANNEL_CLUSTERS", _str, BROKER,
+            "CHANNEL_ID=NAME pairs: the cluster a channel addresses when none is named",
+        ),
+    )  # fmt: skip
+    # Every CHATOPS_CLUSTER_<NAME>_<SETTING> key, as (key, raw value) pairs: collected by
+    # load_settings (no parser of its own), checked by chatbot/cluster_config.py.
+    cluster_overrides: tuple[tuple[str, str], ...] = field(
+        default=(),
+        metadata={
+            **_meta(
+                CLUSTER_KEY_PREFIX + "<NAME>_<SETTING>", _str, BROKER,
+                "one cluster's own QUEUES, ALERT_CHANNEL, thresholds, retention or timeout",
+            ),
+            "parse": None,
+        },
+    )  # fmt: skip
 
     @property
     def effective_approvers(self) -> tuple[str, ...]:
@@ -487,8 +541,14 @@ class Settings:
                 env = by_name[name].metadata["env"]
                 raise ConfigError(f"{env}: required but not set")
 
+    def require_broker(self) -> None:
+        """A broker to read: CELERY_BROKER_URL, or the clusters of CHATOPS_CLUSTERS."""
+        if not self.clusters.strip():
+            self.require("broker_url")
+
     def require_for_run(self) -> None:
-        self.require("broker_url", "slack_bot_token")
+        self.require_broker()
+        self.require("slack_bot_token")
         if not self.socket_mode:
             self.require("slack_signing_secret")
 
@@ -507,6 +567,10 @@ class Settings:
                 shown[env] = "(set)" if value else "(unset)"
             elif f.name in {"broker_url", "state_url"}:
                 shown[env] = redact_url(value)
+            elif f.name == "clusters":
+                shown[env] = _redact_cluster_list(value)
+            elif f.name == "cluster_overrides":
+                shown[env] = ",".join(key for key, _ in value)
             elif isinstance(value, tuple):
                 shown[env] = ",".join(value)
             else:
@@ -580,7 +644,7 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, str]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"CHATOPS_CONFIG: {file}:{number}: expected KEY=VALUE")
-        if key not in known:
+        if key not in known and not _is_cluster_key(key):
             raise ConfigError(f"CHATOPS_CONFIG: {file}:{number}: unknown setting {key}")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
@@ -605,10 +669,18 @@ def load_settings(
     values: dict[str, Any] = {}
     for f in fields(Settings):
         env_name = f.metadata["env"]
-        if env_name in raw:
+        if f.metadata["parse"] is not None and env_name in raw:
             values[f.name] = f.metadata["parse"](env_name, raw[env_name])
+    values["cluster_overrides"] = tuple(
+        sorted((k, v) for k, v in raw.items() if _is_cluster_key(k))
+    )
     values.update(overrides or {})
     settings = Settings(**values)
     if settings.snapshot_path and not settings.state_url.startswith("memory://"):
         raise ConfigError("CHATOPS_SNAPSHOT_PATH: only used with CHATOPS_STATE_URL=memory://")
+    # Imported here: chatbot.cluster_config builds on Settings (a module-level import would
+    # be circular). Checking here means every way of loading settings checks the clusters.
+    from chatbot.cluster_config import load_clusters
+
+    load_clusters(settings)
     return settings
