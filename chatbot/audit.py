@@ -47,6 +47,7 @@ class AuditEntry:
     channel: str = ""
     reason: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
+    cluster: str = ""  # the cluster the action is for, when the bot has several
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class AuditEntry:
             "result": self.result,
             "reason": self.reason,
             "channel": self.channel,
+            **({"cluster": self.cluster} if self.cluster else {}),
             **({"details": dict(self.details)} if self.details else {}),
         }
 

@@ -26,6 +26,10 @@ every pod name. Two folds, with Flower's metric names kept:
   times names, three quarters of the exposition, for a distribution the workers of one fleet
   share; ``histogram_quantile(..., sum by (le, task) (...))`` reads as before, a query by
   ``worker`` on this one family does not.
+
+With several clusters the collector reads one :class:`FleetReading` per cluster, and every
+fleet and ingest family carries a ``cluster`` label first (the folds are per cluster); with one
+cluster (no name on its reading) the exposition is exactly the one-cluster one, without it.
 """
 
 from __future__ import annotations
@@ -62,6 +66,11 @@ class FleetReading:
     now: float
     queues: Sequence[QueueLength] = ()
     slack_errors: Mapping[str, int] = field(default_factory=dict)
+    cluster: str = ""  # the cluster's name when the bot follows several
+
+
+# What a scrape reads: one reading, or one per cluster.
+Readings = FleetReading | Sequence[FleetReading]
 
 
 def read_fleet(
@@ -71,6 +80,7 @@ def read_fleet(
     now: float,
     queues: Sequence[QueueLength] = (),
     extra: Iterable[Mapping[str, Any]] = (),
+    cluster: str = "",
 ) -> FleetReading:
     """A reading from ``store`` plus the facts it does not hold.
 
@@ -88,6 +98,7 @@ def read_fleet(
         now=now,
         queues=queues,
         slack_errors=slack_errors,
+        cluster=cluster,
     )
 
 
@@ -100,7 +111,7 @@ class FleetCollector(Collector):
     """A custom collector: families built from ``read()`` at each scrape, never stored."""
 
     def __init__(
-        self, read: Callable[[], FleetReading], max_task_names: int = DEFAULT_MAX_TASK_NAMES
+        self, read: Callable[[], Readings], max_task_names: int = DEFAULT_MAX_TASK_NAMES
     ) -> None:
         self.read = read
         self.max_task_names = max_task_names
@@ -110,11 +121,13 @@ class FleetCollector(Collector):
         return list(_families(None, self.max_task_names))
 
     def collect(self) -> Iterable[Metric]:
-        return _families(self.read(), self.max_task_names)
+        readings = self.read()
+        listed = [readings] if isinstance(readings, FleetReading) else list(readings)
+        return _families(listed, self.max_task_names)
 
 
 def fleet_registry(
-    read: Callable[[], FleetReading], max_task_names: int = DEFAULT_MAX_TASK_NAMES
+    read: Callable[[], Readings], max_task_names: int = DEFAULT_MAX_TASK_NAMES
 ) -> CollectorRegistry:
     """A private registry (never prometheus_client's global one) holding the fleet collector."""
     registry = CollectorRegistry(auto_describe=False)
@@ -149,40 +162,48 @@ def fold_counters(
     return events, runtimes
 
 
-def _families(reading: FleetReading | None, max_task_names: int) -> Iterator[Metric]:
-    """The fleet's metric families; with ``reading=None`` only their names and types."""
+def _families(readings: Sequence[FleetReading] | None, max_task_names: int) -> Iterator[Metric]:
+    """The fleet's metric families; with ``readings=None`` only their names and types.
+
+    Readings that name their cluster put a ``cluster`` label first on every family but the
+    bot-wide Slack errors (taken once, from the first reading).
+    """
+    named = any(r.cluster for r in readings or ())
+    first: tuple[str, ...] = ("cluster",) if named else ()
     events = CounterMetricFamily(
         "flower_events_total",
         "Number of task events, as Flower counts them.",
-        labels=("worker", "type", "task"),
+        labels=(*first, "worker", "type", "task"),
     )
     runtimes = HistogramMetricFamily(
         "flower_task_runtime_seconds",
         "Task runtime of succeeded tasks, as Flower measures it (summed over workers).",
-        labels=("task",),
+        labels=(*first, "task"),
     )
     online = GaugeMetricFamily(
         "flower_worker_online",
         "1 while the worker's heartbeats arrive (expiry-based: a killed worker reads 0).",
-        labels=("worker",),
+        labels=(*first, "worker"),
     )
     executing = GaugeMetricFamily(
         "flower_worker_number_of_currently_executing_tasks",
         "Tasks the worker reported running in its last heartbeat.",
-        labels=("worker",),
+        labels=(*first, "worker"),
     )
     queue_length = GaugeMetricFamily(
         "celery_chatops_queue_length",
         "Messages waiting in a broker queue (absent when the broker could not be read).",
-        labels=("queue",),
+        labels=(*first, "queue"),
     )
     queue_unknown = GaugeMetricFamily(
         "celery_chatops_queue_length_unknown",
         "1 for a watched queue whose length could not be read.",
-        labels=("queue",),
+        labels=(*first, "queue"),
     )
     retained = GaugeMetricFamily(
-        "celery_chatops_tasks_retained", "Task records retained, by state.", labels=("state",)
+        "celery_chatops_tasks_retained",
+        "Task records retained, by state.",
+        labels=(*first, "state"),
     )
     slack_errors = CounterMetricFamily(
         "celery_chatops_slack_errors_total", "Slack Web API errors, by code.", labels=("code",)
@@ -190,47 +211,66 @@ def _families(reading: FleetReading | None, max_task_names: int) -> Iterator[Met
     families: list[Metric] = [
         events, runtimes, online, executing, queue_length, queue_unknown, retained
     ]
-    if reading is None:
+    if readings is None:
         yield from families
         yield from _stream_families(None)
         yield slack_errors
         return
 
+    for reading in readings:
+        _add_fleet(reading, named, max_task_names, events, runtimes, online, executing)
+        head: tuple[str, ...] = (reading.cluster,) if named else ()
+        for queue in reading.queues:
+            if queue.messages is None:
+                queue_unknown.add_metric((*head, queue.name), 1)
+            else:
+                queue_length.add_metric((*head, queue.name), queue.messages)
+        for state, count in sorted(reading.tasks_by_state.items()):
+            retained.add_metric((*head, state), count)
+    if readings:
+        for code, count in sorted(readings[0].slack_errors.items()):
+            slack_errors.add_metric((code,), count)
+    yield from families
+    if named:
+        yield from _stream_families_by_cluster(readings)
+    else:
+        yield from _stream_families(readings[0] if readings else None)
+    yield slack_errors
+
+
+def _add_fleet(
+    reading: FleetReading,
+    named: bool,
+    max_task_names: int,
+    events: Metric,
+    runtimes: Metric,
+    online: GaugeMetricFamily,
+    executing: GaugeMetricFamily,
+) -> None:
     # The thousands of label sets go in through Metric.add_sample, with the samples
     # add_metric would make (_total; cumulative _bucket, _count, _sum): add_metric builds
     # each label dict from zipped lists, which made collect() several times slower.
-    counters = reading.counters
-    event_counts, histograms = fold_counters(counters, max_task_names)
+    cluster: dict[str, str] = {"cluster": reading.cluster} if named else {}
+    head: tuple[str, ...] = (reading.cluster,) if named else ()
+    event_counts, histograms = fold_counters(reading.counters, max_task_names)
     add_event = events.add_sample
     for (host, kind, task), count in event_counts.items():
-        add_event("flower_events_total", {"worker": host, "type": kind, "task": task}, count)
+        add_event(
+            "flower_events_total", {**cluster, "worker": host, "type": kind, "task": task}, count
+        )
     add_runtime = runtimes.add_sample
     for task, histogram in histograms.items():
+        labels = {**cluster, "task": task}
         cumulative = 0
         for le, count in zip(_LE, histogram.buckets, strict=True):
             cumulative += count
-            add_runtime(
-                "flower_task_runtime_seconds_bucket", {"task": task, "le": le}, cumulative
-            )
-        labels = {"task": task}
+            add_runtime("flower_task_runtime_seconds_bucket", {**labels, "le": le}, cumulative)
         add_runtime("flower_task_runtime_seconds_count", labels, histogram.count)
         add_runtime("flower_task_runtime_seconds_sum", labels, histogram.total)
     for worker in reading.workers:
-        online.add_metric((worker.hostname,), 1 if worker.is_online(reading.now) else 0)
+        online.add_metric((*head, worker.hostname), 1 if worker.is_online(reading.now) else 0)
         if worker.active is not None:
-            executing.add_metric((worker.hostname,), worker.active)
-    for queue in reading.queues:
-        if queue.messages is None:
-            queue_unknown.add_metric((queue.name,), 1)
-        else:
-            queue_length.add_metric((queue.name,), queue.messages)
-    for state, count in sorted(reading.tasks_by_state.items()):
-        retained.add_metric((state,), count)
-    for code, count in sorted(reading.slack_errors.items()):
-        slack_errors.add_metric((code,), count)
-    yield from families
-    yield from _stream_families(reading)
-    yield slack_errors
+            executing.add_metric((*head, worker.hostname), worker.active)
 
 
 # The bot's own ingest health, one unlabelled sample each: (name, type, help, value of a reading).
@@ -294,3 +334,29 @@ def _stream_families(reading: FleetReading | None) -> Iterator[Metric]:
         # Absent until the first event arrives (there is no age to show yet).
         age = max(0.0, reading.now - reading.stream.last_event_at)
         yield GaugeMetricFamily(*_LAST_EVENT_AGE, value=age)
+
+
+def _stream_families_by_cluster(readings: Sequence[FleetReading]) -> Iterator[Metric]:
+    """Ingest health with one sample per cluster, labelled ``cluster``."""
+    for name, kind, help_text, value_of in _STREAM:
+        family: CounterMetricFamily | GaugeMetricFamily
+        if kind == "counter":
+            family = CounterMetricFamily(name, help_text, labels=("cluster",))
+        else:
+            family = GaugeMetricFamily(name, help_text, labels=("cluster",))
+        for reading in readings:
+            family.add_metric(
+                (reading.cluster,), value_of(reading.stream, reading.counters.labels_dropped)
+            )
+        yield family
+    by_reason = CounterMetricFamily(*_MALFORMED_BY_REASON, labels=("cluster", "reason"))
+    for reading in readings:
+        for reason, count in sorted(reading.stream.malformed_by_reason.items()):
+            by_reason.add_metric((reading.cluster, reason), count)
+    yield by_reason
+    age = GaugeMetricFamily(*_LAST_EVENT_AGE, labels=("cluster",))
+    for reading in readings:
+        if reading.stream.last_event_at is not None:
+            seconds = max(0.0, reading.now - reading.stream.last_event_at)
+            age.add_metric((reading.cluster,), seconds)
+    yield age

@@ -72,6 +72,9 @@ class _Job:
     replicas: Replicas
     first_after: float
     misfire_grace: int
+    # Which ingest lease a WRITER job follows ("" is the process's only one): with several
+    # clusters each has its own lease, and its writer jobs run where that lease is held.
+    lease: str = ""
     running: threading.Lock = field(default_factory=threading.Lock)
     runs: int = 0
     failures: int = 0
@@ -88,7 +91,7 @@ class PeriodicJobs:
         self._lock = threading.Lock()
         self._jobs: dict[str, _Job] = {}
         self._started = False
-        self._writer = False
+        self._writer_of: set[str] = set()  # the leases this replica holds
 
     # -- the table -------------------------------------------------------------------------------
     def add(
@@ -100,9 +103,11 @@ class PeriodicJobs:
         replicas: Replicas,
         first_after: float | None = None,
         misfire_grace: int | None = None,
+        lease: str = "",
     ) -> None:
         """Run ``run()`` every ``every`` seconds on ``replicas``, the first time ``first_after``
-        seconds (default: ``every``) after it is scheduled."""
+        seconds (default: ``every``) after it is scheduled; a WRITER job while ``lease`` is
+        held here."""
         job = _Job(
             job_id,
             run,
@@ -110,6 +115,7 @@ class PeriodicJobs:
             replicas,
             float(every if first_after is None else first_after),
             misfire_grace if misfire_grace is not None else max(1, min(10, int(every))),
+            lease,
         )
         with self._lock:
             if job_id in self._jobs:
@@ -144,22 +150,26 @@ class PeriodicJobs:
             if not self._started:
                 return
             self._started = False
-            self._writer = False
+            self._writer_of.clear()
         self._scheduler.shutdown(wait=wait)
 
-    def writer_started(self) -> None:
-        """This replica took the ingest lease: schedule the writer's jobs."""
+    def writer_started(self, lease: str = "") -> None:
+        """This replica took the ingest lease ``lease``: schedule that writer's jobs."""
         with self._lock:
-            self._writer = True
+            self._writer_of.add(lease)
             for job in self._jobs.values():
-                if job.replicas == WRITER and self._started:
+                if job.replicas == WRITER and job.lease == lease and self._started:
                     self._schedule_locked(job)
 
-    def writer_stopped(self) -> None:
-        """The lease is gone: unschedule the writer's jobs and let runs in progress finish."""
+    def writer_stopped(self, lease: str = "") -> None:
+        """The lease is gone: unschedule its writer's jobs and let runs in progress finish."""
         with self._lock:
-            self._writer = False
-            stopped = [job for job in self._jobs.values() if job.replicas == WRITER]
+            self._writer_of.discard(lease)
+            stopped = [
+                job
+                for job in self._jobs.values()
+                if job.replicas == WRITER and job.lease == lease
+            ]
             for job in stopped:
                 self._unschedule_locked(job)
         for job in stopped:
@@ -187,7 +197,7 @@ class PeriodicJobs:
 
     # -- internals -------------------------------------------------------------------------------
     def _due_locked(self, job: _Job) -> bool:
-        return self._started and (job.replicas == EVERY or self._writer)
+        return self._started and (job.replicas == EVERY or job.lease in self._writer_of)
 
     def _schedule_locked(self, job: _Job) -> None:
         first = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=job.first_after)

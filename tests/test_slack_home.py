@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from chatbot.approvals import ApprovalService
+from chatbot.approvals.clusters import ClusterApprovals
 from chatbot.auth import Authorizer
 from chatbot.commands import CommandContext
 from chatbot.config import Settings
@@ -232,7 +233,7 @@ class _BrokenHome:
         return ""
 
     @property
-    def approvals(self) -> ApprovalService:
+    def approvals(self) -> ApprovalService | ClusterApprovals:
         return self.service.approvals
 
     @property

@@ -8,6 +8,8 @@ dispatcher as the *clicking* user (``ActionClick.user_id``), so the click is exa
 
 from __future__ import annotations
 
+import re
+
 from chatbot.alerts.manager import REVOKE_ACTION_ID, TERMINATE_ACTION_ID
 
 ALERT_ACTION_IDS = (REVOKE_ACTION_ID, TERMINATE_ACTION_ID)
@@ -18,6 +20,8 @@ _COMMANDS = {
     TERMINATE_ACTION_ID: "revoke {task_id} --terminate",
 }
 _MAX_TASK_ID = 255
+# With several clusters a button's value is "@CLUSTER/TASK_ID" (templates/alert.json.j2).
+_CLUSTER_VALUE = re.compile(r"^@([a-z0-9][a-z0-9_-]{0,31})/(.+)$", re.DOTALL)
 
 
 def command_for_click(action_id: str, value: str) -> str | None:
@@ -25,6 +29,10 @@ def command_for_click(action_id: str, value: str) -> str | None:
     that is not a plain task id (a click must never smuggle in flags or a second id)."""
     template = _COMMANDS.get(action_id)
     task_id = value.strip()
+    address = ""
+    found = _CLUSTER_VALUE.match(task_id)
+    if found is not None:
+        address, task_id = f"@{found.group(1)} ", found.group(2)
     if (
         template is None
         or not task_id
@@ -33,4 +41,4 @@ def command_for_click(action_id: str, value: str) -> str | None:
         or any(c.isspace() or c in "\"'\\" or not c.isprintable() for c in task_id)
     ):
         return None
-    return template.format(task_id=task_id)
+    return address + template.format(task_id=task_id)

@@ -75,10 +75,14 @@ class AlertHost(Protocol):
     """What :func:`start_console_alerts` needs of the service (``chatbot.service.Service``)."""
 
     settings: Settings
-    store: FleetStore
-    records: RecordStore
     renderer: Renderer
     jobs: PeriodicJobs  # the process's one scheduler
+
+    @property
+    def store(self) -> FleetStore: ...
+
+    @property
+    def records(self) -> RecordStore: ...
 
     @property
     def broker(self) -> QueueLengthReader: ...

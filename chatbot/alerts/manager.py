@@ -193,6 +193,7 @@ class AlertManager:
         failed_retry_after: float = 60.0,
         max_new_per_check: int = 20,
         instance_id: str | None = None,
+        cluster: str = "",
     ) -> None:
         self.records = records
         self.sender = sender
@@ -205,6 +206,9 @@ class AlertManager:
         self.max_new_per_check = max(1, max_new_per_check)
         # Tells this process's own in-flight posts from ones a previous process left behind.
         self.instance_id = instance_id or uuid.uuid4().hex
+        # With several clusters: the cluster these alerts are about (shown on every notice,
+        # and carried by the stuck-task buttons so the click addresses it).
+        self.cluster = cluster
         self._lock = threading.RLock()
         self._last_check_at: float | None = None
         self._last_result = ReconcileResult()
@@ -558,6 +562,7 @@ class AlertManager:
             muted=silence.as_dict() if silence is not None else None,
             cooldown=self.cooldown,
             now=now,
+            cluster=self.cluster,
             revoke_action_id=REVOKE_ACTION_ID,
             terminate_action_id=TERMINATE_ACTION_ID,
             **extra,

@@ -119,14 +119,23 @@ class AlertScheduler:
         self._last_duration: float | None = None
         self._last_error: str | None = None
         self._last_firing = 0
+        self._job_id = JOB_ID
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self, jobs: PeriodicJobs, replicas: Replicas = WRITER) -> None:
-        """Check every ``interval`` seconds on ``jobs``, the process's one scheduler."""
+    def start(
+        self,
+        jobs: PeriodicJobs,
+        replicas: Replicas = WRITER,
+        *,
+        job_id: str = JOB_ID,
+        lease: str = "",
+    ) -> None:
+        """Check every ``interval`` seconds on ``jobs``, the process's one scheduler (as
+        ``job_id``, following the ingest lease ``lease``: one per cluster)."""
         if self._jobs is not None:
             return
         jobs.add(
-            JOB_ID,
+            job_id,
             self.run_check,
             every=self.interval,
             replicas=replicas,
@@ -134,19 +143,20 @@ class AlertScheduler:
             # every worker's heartbeat, so a fresh picture is not mistaken for a dead fleet.
             first_after=self.interval,
             misfire_grace=self.misfire_grace_time,
+            lease=lease,
         )
-        self._jobs = jobs
+        self._jobs, self._job_id = jobs, job_id
 
     def stop(self, wait: bool = True) -> None:
         jobs, self._jobs = self._jobs, None
         if jobs is not None:
-            jobs.remove(JOB_ID, wait=wait)
+            jobs.remove(self._job_id, wait=wait)
 
     @property
     def running(self) -> bool:
         """The check is scheduled on this replica (a WRITER job: while it holds the lease)."""
         jobs = self._jobs
-        return jobs is not None and jobs.scheduled(JOB_ID)
+        return jobs is not None and jobs.scheduled(self._job_id)
 
     # -- checking --------------------------------------------------------------------------------
     def run_check(self) -> None:

@@ -171,6 +171,8 @@ class Approval:
     confirmation: RevokeConfirmation | None = None
     message_channel: str | None = None
     message_ts: str | None = None
+    # The cluster whose control app runs the action ("" when the bot has one cluster).
+    cluster: str = ""
 
     @property
     def pending(self) -> bool:
@@ -196,6 +198,7 @@ class Approval:
             "confirmation": self.confirmation.as_dict() if self.confirmation else None,
             "message_channel": self.message_channel,
             "message_ts": self.message_ts,
+            "cluster": self.cluster,
         }
 
     @classmethod
@@ -216,6 +219,7 @@ class Approval:
             confirmation=RevokeConfirmation.from_dict(confirmation) if confirmation else None,
             message_channel=data.get("message_channel"),
             message_ts=data.get("message_ts"),
+            cluster=str(data.get("cluster") or ""),
         )
 
 

@@ -95,10 +95,14 @@ class ApprovalService:
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
         confirm_interval: float = DEFAULT_CONFIRM_INTERVAL,
         retention: float = DEFAULT_RETENTION,
+        cluster: str = "",
     ) -> None:
         self.records = records
         self._approvals = ApprovalRecords(records)
-        self._trail = AuditTrail(audit, clock)
+        # With several clusters: the one whose control app this service sends through. Every
+        # request it stores, its card and its audit lines carry the name.
+        self.cluster = cluster
+        self._trail = AuditTrail(audit, clock, cluster)
         self.control = control
         self.store = store
         self.authorizer = authorizer
@@ -160,6 +164,7 @@ class ApprovalService:
             channel=channel,
             requested_at=now,
             expires_at=now + self.settings.approval_ttl,
+            cluster=self.cluster,
         )
         # The record outlives the request: a late click can still be told what happened.
         ttl = self.settings.approval_ttl + self.retention
@@ -182,6 +187,7 @@ class ApprovalService:
             expires_at=now,
             decided_by=requester,
             decided_at=now,
+            cluster=self.cluster,
         )
         self._approvals.create(approval.id, approval.as_record(), self.retention)
         self._trail.record(
@@ -357,6 +363,12 @@ class ApprovalService:
         action = approval.action
         started = self.clock()
         try:
+            if approval.cluster != self.cluster:
+                # Records of clusters are kept apart; should one still reach another cluster's
+                # service, it must not run on these workers.
+                raise PermissionError(
+                    f"request for cluster {approval.cluster!r} reached cluster {self.cluster!r}"
+                )
             # Broadcasts to every worker wait for the ones we believe online, so a silent
             # one is reported as "no reply" rather than left out.
             expected = [] if action.worker else self._online_workers(started)

@@ -23,9 +23,10 @@ logger = logging.getLogger(__name__)
 class AuditTrail:
     """Writes approval steps to an :class:`~chatbot.audit.AuditLog`."""
 
-    def __init__(self, audit: AuditLog, clock: Callable[[], float]) -> None:
+    def __init__(self, audit: AuditLog, clock: Callable[[], float], cluster: str = "") -> None:
         self.audit = audit
         self.clock = clock
+        self.cluster = cluster
 
     def record(
         self,
@@ -42,6 +43,7 @@ class AuditTrail:
         details: Mapping[str, Any] | None = None,
     ) -> None:
         parameters: Mapping[str, Any] = {}
+        cluster = approval.cluster if approval is not None else self.cluster
         if approval is not None:
             act = approval.action
             targets = act.targets
@@ -65,6 +67,7 @@ class AuditTrail:
             channel=channel,
             reason=reason,
             details=details or {},
+            cluster=cluster,
         )
         try:
             self.audit.record(entry)

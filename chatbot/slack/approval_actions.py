@@ -16,6 +16,7 @@ from slack_sdk.errors import SlackApiError
 
 from chatbot.alerts.actions import ALERT_ACTION_IDS, command_for_click
 from chatbot.approvals import APPROVE_ACTION_ID, DENY_ACTION_ID, Approval, ApprovalService
+from chatbot.approvals.clusters import ClusterApprovals
 from chatbot.render import Message
 from chatbot.slack.app import ActionClick, ActionHandler, ActionReply
 from chatbot.slackerrors import error_code
@@ -28,9 +29,10 @@ DEFAULT_EXPIRY_SWEEP = 30.0
 
 
 class ApprovalActions:
-    """Button handlers bound to one ApprovalService and the app's WebClient."""
+    """Button handlers bound to the approvals (one cluster's service, or every cluster's
+    behind :class:`ClusterApprovals`) and the app's WebClient."""
 
-    def __init__(self, approvals: ApprovalService, client: WebClient) -> None:
+    def __init__(self, approvals: ApprovalService | ClusterApprovals, client: WebClient) -> None:
         self.approvals = approvals
         self.client = client
 
