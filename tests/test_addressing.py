@@ -73,6 +73,7 @@ class Cluster:
     store: MemoryStore
     control: FleetControl
     dispatcher: Dispatcher
+    approvals: ApprovalService
     sent: list[tuple[str, Any]] = field(default_factory=list)
 
 
@@ -128,10 +129,11 @@ def make_bot(environ: dict[str, str], failures: dict[str, tuple[str, str, str]])
             AuditLog(),
             settings,
             renderer=renderer,
+            cluster=config.name if clusters.several else "",
         )
         registry = register_control_commands(build_registry(), approvals)
         parts[config.name] = Cluster(
-            config.name, settings, store, control, Dispatcher(registry, renderer), sent
+            config.name, settings, store, control, Dispatcher(registry, renderer), approvals, sent
         )
 
     def context_for(name: str, ctx: CommandContext) -> CommandContext:
@@ -221,6 +223,16 @@ def test_control_in_a_bound_channel_addresses_the_channel_cluster(bot: Bot) -> N
     assert ALPHA_FAILED in shown(card)
     refused = bot.run(f"@beta revoke {ALPHA_FAILED}", channel=ALPHA_CHANNEL)
     assert refused.approval_id is None and "unknown task" in shown(refused)
+
+
+def test_a_request_is_made_by_the_addressed_clusters_own_approvals(bot: Bot) -> None:
+    # The line is parsed by the first cluster's dispatcher; the handler that runs must still
+    # be beta's (bound to beta's approvals and control), never alpha's.
+    card = bot.run(f"@beta revoke {BETA_FAILED}")
+    assert card.approval_id is not None
+    assert "cluster *beta*" in shown(card)
+    assert bot.parts["beta"].approvals.get(card.approval_id) is not None
+    assert bot.parts["alpha"].approvals.get(card.approval_id) is None
 
 
 def test_unknown_cluster_is_a_usage_error_listing_the_clusters(bot: Bot) -> None:

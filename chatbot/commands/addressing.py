@@ -149,8 +149,7 @@ class ClusterDispatcher:
         named = prepared.cluster if isinstance(prepared, AddressedPrepared) else None
         spec = prepared.spec
         if spec is not None and spec.name in CLUSTER_FREE:
-            first = self._directory.names[0]
-            message = self._dispatchers[first].execute(prepared, self._context_for(first, ctx))
+            message = self._execute_on(self._directory.names[0], prepared, ctx)
             return self._with_cluster_help(message, ctx.channel_id)
         targets = self._targets(named, ctx.channel_id)
         if spec is not None and spec.control and len(targets) != 1:
@@ -210,8 +209,16 @@ class ClusterDispatcher:
         default = self._directory.default_for(channel_id)
         return (default,) if default is not None else self._directory.names
 
+    def _execute_on(self, cluster: str, prepared: Prepared, ctx: CommandContext) -> Message:
+        """Run on ``cluster`` with ITS command specs: a handler is bound to its cluster's parts
+        (approvals, alerts), so the line is parsed again by that cluster's dispatcher rather
+        than run with the handler the parsing dispatcher found."""
+        dispatcher = self._dispatchers[cluster]
+        own = prepared if dispatcher is self._parser else dispatcher.prepare(prepared.text)
+        return dispatcher.execute(own, self._context_for(cluster, ctx))
+
     def _run_on(self, cluster: str, prepared: Prepared, ctx: CommandContext) -> Message:
-        message = self._dispatchers[cluster].execute(prepared, self._context_for(cluster, ctx))
+        message = self._execute_on(cluster, prepared, ctx)
         if not self._directory.several or message.approval_id:
             # One cluster: exactly the answer it always was. An approval card names its cluster
             # itself (it is re-rendered on every decision, and would lose a line added here).
@@ -220,7 +227,7 @@ class ClusterDispatcher:
 
     def _joined(self, clusters: Sequence[str], prepared: Prepared, ctx: CommandContext) -> Message:
         def answer(cluster: str) -> Message:
-            return self._dispatchers[cluster].execute(prepared, self._context_for(cluster, ctx))
+            return self._execute_on(cluster, prepared, ctx)
 
         if prepared.slow:
             # Each cluster's workers and broker answer in their own time: ask them together.
