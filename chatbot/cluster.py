@@ -42,6 +42,7 @@ from chatbot.model import StreamHealth
 from chatbot.periodic import WRITER, PeriodicJobs
 from chatbot.render import Renderer
 from chatbot.store import FleetStore, RecordStore
+from chatbot.store.balance import IngestBalancer
 from chatbot.store.factory import Stores, open_stores
 from chatbot.store.memory import MemoryStore
 from chatbot.store.records import MemoryRecordStore
@@ -201,6 +202,7 @@ class ClusterParts:
         self.ingesting = threading.Event()
         self._queue_cache: tuple[float, list[QueueLength]] | None = None
         self._queue_lock = threading.Lock()
+        self._balancer: IngestBalancer | None = None
 
         self.registry: Registry = build_registry()
         self.dispatcher = Dispatcher(self.registry, shared.renderer)
@@ -258,9 +260,19 @@ class ClusterParts:
         self.alert_manager, self.alert_scheduler = manager, scheduler
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def start(self) -> None:
-        """Keep the cluster's ingest lease; consume while it is held (at once without one)."""
-        if self.stores is not None:
+    def start(self, balancer: IngestBalancer | None = None) -> None:
+        """Keep the cluster's ingest lease; consume while it is held (at once without one).
+        With a ``balancer`` this replica takes only its share of the clusters' leases."""
+        self._balancer = balancer
+        if self.stores is not None and balancer is not None:
+            name = self.name
+            self.stores.start(
+                on_acquired=self._start_ingest,
+                on_lost=self._stop_ingest,
+                may_acquire=lambda: balancer.may_acquire(name),
+                should_yield=lambda: balancer.should_yield(name),
+            )
+        elif self.stores is not None:
             self.stores.start(on_acquired=self._start_ingest, on_lost=self._stop_ingest)
         else:
             self._start_ingest()
@@ -301,6 +313,8 @@ class ClusterParts:
                 self.consumer.start()
             self.shared.jobs.writer_started(self.label)
             self.ingesting.set()
+            if self._balancer is not None:
+                self._balancer.acquired(self.name)
         logger.info(
             "this replica consumes events and runs the scheduler%s",
             f" of cluster {self.name}" if self.label else "",
@@ -309,6 +323,8 @@ class ClusterParts:
     def _stop_ingest(self) -> None:
         with self._ingest_lock:
             self.ingesting.clear()
+            if self._balancer is not None:
+                self._balancer.lost(self.name)
             self.shared.jobs.writer_stopped(self.label)
             if self.consumer is not None:
                 self.consumer.stop()

@@ -48,7 +48,9 @@ from chatbot.periodic import PeriodicJobs
 from chatbot.render import Message, Renderer
 from chatbot.slack.client import make_web_client
 from chatbot.store import FleetStore, RecordStore
-from chatbot.store.factory import Stores
+from chatbot.store.balance import IngestBalancer
+from chatbot.store.factory import DEFAULT_LEASE_TTL, Stores
+from chatbot.store.redis import connect
 
 __all__ = [
     "DISCOVERY_JOB",
@@ -165,6 +167,16 @@ class Service:
         # /metrics: the fleet collector on a private prometheus_client registry.
         self.metrics_registry = fleet_registry(self.fleet_readings)
         self.started_at: float | None = None
+        # Several clusters on a shared Redis: each replica takes its share of their leases.
+        self.balancer: IngestBalancer | None = None
+        if several and self.first.stores is not None and self.first.stores.backend == "redis":
+            ttl = lease_ttl if lease_ttl is not None else DEFAULT_LEASE_TTL
+            self.balancer = IngestBalancer(
+                connect(settings.state_url),
+                settings.state_prefix or "chatops",
+                len(self.clusters),
+                presence_ttl=ttl,
+            )
 
     def _wire_alert_sender(self) -> None:
         """One sender for every cluster's alerts; checks run only on each cluster's writer."""
@@ -250,13 +262,19 @@ class Service:
             parts.start_store_facts()
         self.jobs.start()
         for parts in self.clusters.values():
-            parts.start()
+            parts.start(self.balancer)
         for parts in self.clusters.values():
             parts.wait_started()
 
     def stop(self) -> None:
+        if self.balancer is not None:
+            # Withdrawn first: no lease is taken again while stopping, and the other
+            # replicas' share grows at once.
+            self.balancer.stop()
         for parts in self.clusters.values():
             parts.stop()
+        if self.balancer is not None:
+            self.balancer.client.close()
         self.jobs.shutdown()
         for parts in self.clusters.values():
             parts.stop_store_facts()

@@ -80,9 +80,17 @@ class Stores:
         if isinstance(self.fleet, RedisFleetStore):
             self.fleet.set_health_source(source)
 
-    def start(self, on_acquired: Callable[[], None], on_lost: Callable[[], None]) -> LeaseKeeper:
+    def start(
+        self,
+        on_acquired: Callable[[], None],
+        on_lost: Callable[[], None],
+        *,
+        may_acquire: Callable[[], bool] | None = None,
+        should_yield: Callable[[], bool] | None = None,
+    ) -> LeaseKeeper:
         """Load the snapshot (memory), then keep the lease and run ``on_acquired`` /
-        ``on_lost`` around this replica's turns as the writer."""
+        ``on_lost`` around this replica's turns as the writer (``may_acquire`` and
+        ``should_yield``: see :class:`LeaseKeeper`)."""
         if self.keeper is not None:
             return self.keeper
         if self.snapshot is not None:
@@ -106,9 +114,18 @@ class Stores:
                 # Lost to another replica, which writes now: do not flush over it. Stopping,
                 # we still hold the lease until released: write what is pending. (A Redis
                 # outage is not a loss: the keeper holds on, unconfirmed, and writing waits.)
-                fleet.stop_writer(flush=self._stopping.is_set())
+                # Handing the turn over on purpose, it is still ours: write what is pending.
+                handing_over = self.keeper is not None and self.keeper.yielding
+                fleet.stop_writer(flush=self._stopping.is_set() or handing_over)
 
-        self.keeper = LeaseKeeper(self.lease, acquired, lost, renew_every=self.renew_every)
+        self.keeper = LeaseKeeper(
+            self.lease,
+            acquired,
+            lost,
+            renew_every=self.renew_every,
+            may_acquire=may_acquire,
+            should_yield=should_yield,
+        )
         self.keeper.start()
         return self.keeper
 

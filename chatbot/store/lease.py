@@ -211,7 +211,12 @@ class LeaseKeeper:
         renew_every: float | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        may_acquire: Callable[[], bool] | None = None,
+        should_yield: Callable[[], bool] | None = None,
     ) -> None:
+        """``may_acquire`` (asked before taking a free lease) and ``should_yield`` (asked
+        while holding it: True hands the turn over, released at once) let several leases be
+        shared out between replicas (``chatbot.store.balance``); None: take and keep."""
         ttl = lease.ttl
         if renew_every is None:
             renew_every = ttl / 3 if ttl != float("inf") else 1.0
@@ -233,6 +238,11 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._state_lock = threading.Lock()
         self.last_error: str | None = None
+        self.may_acquire = may_acquire
+        self.should_yield = should_yield
+        # True while on_lost runs for a turn handed over on purpose: the lease is still ours,
+        # so what the writer has pending is written before the release.
+        self.yielding = False
 
     @property
     def held(self) -> bool:
@@ -277,8 +287,13 @@ class LeaseKeeper:
             sent = self._clock()
             try:
                 if self._held:
-                    self._keep(sent)
-                elif self.lease.try_acquire():
+                    if self.should_yield is not None and self.should_yield():
+                        self._yield_turn()
+                    else:
+                        self._keep(sent)
+                elif (self.may_acquire is None or self.may_acquire()) and (
+                    self.lease.try_acquire()
+                ):
                     self._confirmed_at = sent
                     self._epoch = self.lease.epoch
                     self.last_error = None
@@ -314,6 +329,16 @@ class LeaseKeeper:
             self._gain()
             return
         self._lose("another replica holds it")
+
+    def _yield_turn(self) -> None:
+        """Hand the lease over: stop (writing what is pending under it), then release it so
+        another replica takes it on its next try."""
+        self.yielding = True
+        try:
+            if self._lose("handed over to balance the replicas' ingest", stopping=True):
+                self.lease.release()
+        finally:
+            self.yielding = False
 
     def _expiry_margin(self) -> float:
         """Local time by which the lease must be confirmed again, with a safety margin."""
