@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from slack_sdk import WebClient
 
+from chatbot.alerts.actions import command_for_click
 from chatbot.alerts.manager import (
     ALERT_RECORD,
     FAILED,
@@ -415,3 +416,42 @@ def test_stopping_cancels_what_is_still_queued(client: WebClient, api: MockSlack
     sender.stop()
     assert second.cancelled()
     assert sender.post_message(CHANNEL, "three").result(1).error == "sender_stopped"
+
+
+# -- one of several clusters --------------------------------------------------------------------
+def test_a_stuck_alert_names_its_cluster_and_its_buttons_address_it(
+    api: MockSlackAPI, sender: SlackSender, clock: Clock
+) -> None:
+    manager = AlertManager(
+        MemoryRecordStore(clock=clock),
+        sender,
+        Renderer(clock=clock),
+        Settings(alert_channel=CHANNEL),
+        clock=clock,
+        cluster="beta",
+    )
+    task = Task(uuid="9f1c-task", name="app.sync", state=STARTED, worker="w1", started=T0 - 900)
+    (condition,) = stuck_conditions([task], stuck_after=600, now=T0)
+    check(manager, sender, condition)
+    (parent,) = top_level_posts(api)
+    assert parent.params["text"].split(" ", 2)[1] == "[beta]"
+    assert "cluster *beta*" in json.dumps(parent.params["blocks"])
+    values = {
+        element["value"]
+        for block in parent.params["blocks"]
+        if block["type"] == "actions"
+        for element in block["elements"]
+    }
+    assert values == {"@beta/9f1c-task"}
+    assert command_for_click(REVOKE_ACTION_ID, "@beta/9f1c-task") == "@beta revoke 9f1c-task"
+    assert (
+        command_for_click(TERMINATE_ACTION_ID, "@beta/9f1c-task")
+        == "@beta revoke 9f1c-task --terminate"
+    )
+
+
+def test_a_click_value_still_cannot_smuggle_flags_or_a_second_id() -> None:
+    assert command_for_click(REVOKE_ACTION_ID, "9f1c-task") == "revoke 9f1c-task"
+    for bad in ("@beta/--terminate", "@beta/a b", "@Beta/x y", "@beta/", "@beta/'x'"):
+        command = command_for_click(REVOKE_ACTION_ID, bad)
+        assert command is None or command.split() == ["revoke", bad], bad
