@@ -37,6 +37,7 @@ def log_banner(settings: Settings, mode: str) -> None:
         extra={
             "mode": mode,
             "broker": redact_url(settings.broker_url),
+            **({"clusters": settings.describe()["CHATOPS_CLUSTERS"]} if settings.clusters else {}),
             "state": redact_url(settings.state_url),
             "alert_channel": settings.alert_channel or "(alerts off)",
             "audit_channel": settings.audit_channel or "(none)",
@@ -87,13 +88,14 @@ def run_console(settings: Settings, stdin: TextIO, stdout: TextIO) -> int:
     service = Service(settings)
     service.start()
     try:
-        if service.consumer is not None and not service.consumer.wait_connected(
-            CONNECT_WAIT_SECONDS
-        ):
-            stdout.write(
-                "Not connected to the broker yet; answers may be empty until events arrive"
-                f" ({redact_url(settings.broker_url)}).\n"
-            )
+        for name, parts in service.clusters.items():
+            consumer = parts.consumer
+            if consumer is not None and not consumer.wait_connected(CONNECT_WAIT_SECONDS):
+                where = f"cluster {name}: " if len(service.clusters) > 1 else ""
+                stdout.write(
+                    f"Not connected to the broker yet; answers may be empty until events arrive"
+                    f" ({where}{redact_url(parts.settings.broker_url)}).\n"
+                )
         return make_console(service, stdin, stdout).run()
     finally:
         service.stop()

@@ -18,6 +18,8 @@ import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from chatbot.alerts.actions import command_for_click
+from chatbot.alerts.manager import REVOKE_ACTION_ID
 from chatbot.approvals.clusters import ClusterApprovals
 from chatbot.audit import AUDIT_LOGGER
 from chatbot.config import load_settings
@@ -26,6 +28,7 @@ from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import FAILURE, REVOKED, STARTED
 from chatbot.render import Message
 from chatbot.service import Service
+from chatbot.slack.home import home_view
 from tests.conftest import REPO_ROOT, unique_hostname
 from tests.fleet_app import FAIL, HANG, make_app
 from tests.support import wait_until
@@ -216,3 +219,27 @@ def test_health_reports_each_cluster(bot: Bot) -> None:
     assert all(facts["ok"] and facts["ingest_here"] for facts in health["clusters"].values())
     assert "worker-discovery:alpha" in health["periodic"]
     assert "worker-discovery:beta" in health["periodic"]
+
+
+def test_the_app_home_shows_every_cluster_named(bot: Bot) -> None:
+    view = home_view(bot.service, OPERATOR)
+    text = json.dumps(view["blocks"], ensure_ascii=False)
+    assert "Cluster *alpha*" in text and "Cluster *beta*" in text
+    assert "alpha is broken" in text and "beta is broken" in text
+    assert len(view["blocks"]) <= 100
+
+
+def test_a_stuck_alert_button_click_addresses_its_cluster(bot: Bot) -> None:
+    # What AlertButtons runs for a click on beta's stuck-task alert (value "@beta/<id>"):
+    # the request is beta's, for beta's task, whatever channel the alert was posted in.
+    command = command_for_click(REVOKE_ACTION_ID, f"@beta/{bot.beta.failed_id}")
+    assert command == f"@beta revoke {bot.beta.failed_id}"
+    card = bot.service.run_as(command, OPERATOR, CHANNEL)
+    assert card.approval_id is not None, shown(card)
+    approvals = bot.service.approvals
+    assert isinstance(approvals, ClusterApprovals)
+    request = approvals.get(card.approval_id)
+    assert request is not None and request.cluster == "beta"
+    assert bot.service.clusters["alpha"].approvals.get(card.approval_id) is None
+    # Denied: nothing is sent anywhere.
+    approvals.decide(card.approval_id, APPROVER, approve=False)
