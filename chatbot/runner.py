@@ -11,7 +11,8 @@ from typing import Any, TextIO
 from slack_bolt.error import BoltError
 from slack_sdk.errors import SlackApiError
 
-from chatbot.api import ApiServices, ApiWsgiApp, build_api
+from chatbot.api import ApiServices, ApiWsgiApp, build_api, build_cluster_api
+from chatbot.cluster import ClusterParts
 from chatbot.config import Settings, redact_url
 from chatbot.console import BANNER, Console
 from chatbot.periodic import EVERY
@@ -166,26 +167,35 @@ def rest_api(
     service: Service, post_card: Callable[[str, Message], str | None] | None
 ) -> ApiWsgiApp:
     """Flower's REST API over the service's store, control and approvals (403 until
-    ``CHATOPS_API_TOKENS`` is set); ``post_card`` posts an approval card as the app."""
-    app = service.app
+    ``CHATOPS_API_TOKENS`` is set); ``post_card`` posts an approval card as the app. With
+    several clusters each has its own (``?cluster=NAME``) over its own parts only."""
 
-    def publish(
-        name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]
-    ) -> str:
-        return str(app.send_task(name, args=args, kwargs=kwargs, **options).id)
+    def services_of(parts: ClusterParts) -> ApiServices:
+        app = parts.app
 
-    services = ApiServices(
-        service.store,
-        service.settings,
-        inspector=service.control,
-        queue_lengths=service.queue_lengths,
-        clock=service.clock,
-        approvals=service.approvals,
-        post_card=post_card,
-        publish=publish,
-        audit=service.audit,
+        def publish(
+            name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]
+        ) -> str:
+            return str(app.send_task(name, args=args, kwargs=kwargs, **options).id)
+
+        return ApiServices(
+            parts.store,
+            parts.settings,
+            inspector=parts.control,
+            queue_lengths=parts.queue_lengths,
+            clock=service.clock,
+            approvals=parts.approvals,
+            post_card=post_card,
+            publish=publish,
+            audit=service.audit,
+        )
+
+    tokens = service.settings.api_tokens
+    if len(service.clusters) == 1:
+        return build_api(services_of(service.first), tokens)
+    return build_cluster_api(
+        {name: services_of(parts) for name, parts in service.clusters.items()}, tokens
     )
-    return build_api(services, service.settings.api_tokens)
 
 
 def wait_for_shutdown_signal() -> None:

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from chatbot.alerts.actions import command_for_click
 from chatbot.alerts.manager import REVOKE_ACTION_ID
+from chatbot.api.spec import ApiResponse
 from chatbot.approvals.clusters import ClusterApprovals
 from chatbot.audit import AUDIT_LOGGER
 from chatbot.config import load_settings
@@ -27,6 +28,7 @@ from chatbot.demo.embedded import EmbeddedRedis
 from chatbot.demo.worker import CeleryWorkerProcess
 from chatbot.model import FAILURE, REVOKED, STARTED
 from chatbot.render import Message
+from chatbot.runner import rest_api
 from chatbot.service import Service
 from chatbot.slack.home import home_view
 from tests.conftest import REPO_ROOT, unique_hostname
@@ -38,6 +40,7 @@ OPERATOR = "U0OPERATOR"
 APPROVER = "U0APPROVER"
 CHANNEL = "C0INCIDENT"
 HANG_SECONDS = 600.0
+API_TOKEN = "clusters-test-token-0123456789abcdef"
 
 
 @dataclass
@@ -95,6 +98,7 @@ def bot(
             "CHATOPS_CLUSTERS": f"alpha={alpha_url},beta={beta_url}",
             "CHATOPS_OPERATORS": OPERATOR,
             "CHATOPS_APPROVERS": APPROVER,
+            "CHATOPS_API_TOKENS": f"{OPERATOR}={API_TOKEN}",
         }
     )
     service = Service(settings)
@@ -243,3 +247,29 @@ def test_a_stuck_alert_button_click_addresses_its_cluster(bot: Bot) -> None:
     assert bot.service.clusters["alpha"].approvals.get(card.approval_id) is None
     # Denied: nothing is sent anywhere.
     approvals.decide(card.approval_id, APPROVER, approve=False)
+
+
+def test_the_api_takes_the_cluster_from_the_request(bot: Bot) -> None:
+    api = rest_api(bot.service, None).core
+    bearer = f"Bearer {API_TOKEN}"
+
+    def failures(**args: str) -> ApiResponse:
+        query = {"state": ["FAILURE"], **{k: [v] for k, v in args.items()}}
+        return api.handle("GET", "/api/tasks", query, bearer)
+
+    alpha = failures(cluster="alpha")
+    assert alpha.status == 200, alpha.body
+    assert set(alpha.body) == {bot.alpha.failed_id}
+    beta = failures(cluster="beta")
+    assert set(beta.body) == {bot.beta.failed_id}
+    # Several clusters and none named: refused with the names, after authentication only.
+    unnamed = failures()
+    assert unnamed.status == 400 and "alpha, beta" in str(unnamed.body)
+    assert api.handle("GET", "/api/tasks", {}, None).status == 401
+    assert failures(cluster="gamma").status == 400
+    # A task id resolves within the named cluster only.
+    info = f"/api/task/info/{bot.beta.failed_id}"
+    assert api.handle("GET", info, {"cluster": ["beta"]}, bearer).status == 200
+    assert api.handle("GET", info, {"cluster": ["alpha"]}, bearer).status == 404
+    # Public endpoints need no cluster.
+    assert api.handle("GET", "/healthcheck", {}, None).status == 200

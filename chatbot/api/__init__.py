@@ -18,10 +18,11 @@ Wiring::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from chatbot import __version__
+from chatbot.api.clusters import ClusterApi
 from chatbot.api.control_endpoints import CONTROL_ENDPOINTS
 from chatbot.api.core import ApiCore, ApiServices
 from chatbot.api.credentials import TokenBook
@@ -29,7 +30,16 @@ from chatbot.api.reads import READ_ENDPOINTS
 from chatbot.api.spec import Endpoint, openapi_document
 from chatbot.api.wsgi import ApiWsgiApp
 
-__all__ = ["ENDPOINTS", "ApiCore", "ApiServices", "ApiWsgiApp", "build_api", "describe"]
+__all__ = [
+    "ENDPOINTS",
+    "ApiCore",
+    "ApiServices",
+    "ApiWsgiApp",
+    "ClusterApi",
+    "build_api",
+    "build_cluster_api",
+    "describe",
+]
 
 ENDPOINTS: tuple[Endpoint, ...] = READ_ENDPOINTS + CONTROL_ENDPOINTS
 
@@ -52,3 +62,14 @@ def build_api(services: ApiServices, tokens: Sequence[tuple[str, str]]) -> ApiWs
     """The WSGI app for ``services``, accepting ``tokens`` (``(identity, token)`` pairs)."""
     core = ApiCore(services, ENDPOINTS, TokenBook(tokens), openapi=describe)
     return ApiWsgiApp(core)
+
+
+def build_cluster_api(
+    services: Mapping[str, ApiServices], tokens: Sequence[tuple[str, str]]
+) -> ApiWsgiApp:
+    """The WSGI app of several clusters (``?cluster=NAME``), one ApiServices each."""
+    book = TokenBook(tokens)
+    cores = {
+        name: ApiCore(each, ENDPOINTS, book, openapi=describe) for name, each in services.items()
+    }
+    return ApiWsgiApp(ClusterApi(cores))

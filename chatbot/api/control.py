@@ -146,7 +146,9 @@ def _submit(
         202,
         {
             "approval_id": approval.id,
-            "status_url": f"/api/approvals/{approval.id}",
+            # With several clusters the status is read from the request's own cluster.
+            "status_url": f"/api/approvals/{approval.id}"
+            + (f"?cluster={approval.cluster}" if approval.cluster else ""),
             "message": f"Waiting for approval in {alert_channel}: {action.summary()}",
         },
     )
@@ -513,6 +515,7 @@ def approval_view(approval: Approval) -> dict[str, Any]:
     confirmation = approval.confirmation
     return {
         "approval_id": approval.id,
+        **({"cluster": approval.cluster} if approval.cluster else {}),
         "status": approval.status,
         "action": approval.action.summary(),
         "kind": approval.action.kind,

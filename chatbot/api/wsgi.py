@@ -13,6 +13,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
+from chatbot.api.clusters import ClusterApi
 from chatbot.api.core import ApiCore
 from chatbot.api.spec import ApiResponse
 
@@ -27,7 +28,7 @@ _FORM = "application/x-www-form-urlencoded"
 
 
 class ApiWsgiApp:
-    def __init__(self, core: ApiCore) -> None:
+    def __init__(self, core: ApiCore | ClusterApi) -> None:
         self.core = core
 
     def handles(self, path: str) -> bool:
