@@ -83,6 +83,18 @@ def test_writer_jobs_run_only_while_this_replica_holds_the_lease(jobs: PeriodicJ
         jobs.add("everywhere", lambda: None, every=1, replicas=EVERY)
 
 
+def test_writer_jobs_of_a_cluster_follow_that_clusters_lease_only(jobs: PeriodicJobs) -> None:
+    alpha_ran = threading.Event()
+    jobs.add("check:alpha", alpha_ran.set, every=0.05, replicas=WRITER, lease="alpha")
+    jobs.add("check:beta", lambda: None, every=0.05, replicas=WRITER, lease="beta")
+    jobs.writer_started("alpha")
+    assert jobs.scheduled("check:alpha") and not jobs.scheduled("check:beta")
+    assert alpha_ran.wait(WAIT)
+    jobs.writer_started("beta")
+    jobs.writer_stopped("alpha")
+    assert not jobs.scheduled("check:alpha") and jobs.scheduled("check:beta")
+
+
 def test_the_service_shows_its_periodic_jobs_and_their_replicas(redis_url: str) -> None:
     with MockSlackAPI() as api:
         settings = Settings(
