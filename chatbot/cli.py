@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None, stderr: TextIO | None = None) -> int
         if args.command == "console":
             from chatbot.runner import run_console
 
-            settings.require("broker_url")
+            settings.require_broker()
             return run_console(settings, sys.stdin, sys.stdout)
         if args.command == "demo":
             from chatbot.demo.run import run_demo

@@ -480,3 +480,22 @@ def test_cli_bad_setting_is_one_line_and_exit_2(tmp_path: Path) -> None:
     (line,) = result.stderr.strip().splitlines()
     assert "CHATOPS_PORT" in line
     assert BOT_TOKEN not in result.stderr
+
+
+# -- several clusters ----------------------------------------------------------------------------
+def test_each_cluster_is_checked_and_named(
+    fleet: tuple[str, CeleryWorkerProcess], slack: MockSlackAPI
+) -> None:
+    url, worker = fleet
+    password = "beta-broker-secret"
+    dead = f"redis://:{password}@127.0.0.1:{_free_port()}/0"
+    settings = make_settings("", slack, CHATOPS_CLUSTERS=f"alpha={url},beta={dead}")
+    code, lines = check(settings)
+    text = "\n".join(lines)
+    assert f"alpha workers: 1 answered a ping: {worker.hostname}" in text
+    assert "alpha events: heartbeats of 1 of 1 workers reach the bot" in text
+    failure = assert_one_failure(code, lines, "beta broker", "cannot connect")
+    assert "alpha" not in failure
+    assert not any(line.split()[1:3] == ["beta", "workers:"] for line in lines)
+    assert f"clusters alpha {url}, beta redis://:***@127.0.0.1" in text
+    assert_no_secrets(lines, password)

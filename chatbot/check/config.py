@@ -7,6 +7,7 @@ missing broker URL and a missing token are both named in one run.
 from __future__ import annotations
 
 from chatbot.check.report import EXIT_CONFIG, Report
+from chatbot.cluster_config import parse_cluster_list
 from chatbot.config import Settings, redact_url
 
 __all__ = ["check_config"]
@@ -15,7 +16,7 @@ __all__ = ["check_config"]
 def check_config(settings: Settings, report: Report) -> None:
     s = settings
     usable = True
-    if not s.broker_url:
+    if not s.broker_url and not s.clusters:
         usable = False
         report.fail(
             "config",
@@ -45,10 +46,17 @@ def check_config(settings: Settings, report: Report) -> None:
         else:
             mode = f"HTTP mode on {s.host}:{s.port}, Slack posts to /slack/events"
         alerts = f"alerts to {s.alert_channel}" if s.alert_channel else "alerts off"
+        # One "name url" per cluster, space-separated: the report's URL-password mask stops
+        # at whitespace, so each URL is masked on its own.
+        listed = parse_cluster_list("CHATOPS_CLUSTERS", s.clusters)
+        brokers = (
+            "clusters " + ", ".join(f"{name} {redact_url(url)}" for name, url in listed)
+            if listed
+            else f"broker {redact_url(s.broker_url)}"
+        )
         report.ok(
             "config",
-            f"{mode}; broker {redact_url(s.broker_url)}; state {redact_url(s.state_url)};"
-            f" {alerts}",
+            f"{mode}; {brokers}; state {redact_url(s.state_url)}; {alerts}",
         )
     if not s.operators:
         report.warn(

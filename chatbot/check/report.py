@@ -21,6 +21,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "CheckLine",
+    "ClusterReport",
     "Report",
     "Status",
     "Timeouts",
@@ -112,6 +113,22 @@ class Report:
         if not codes:
             return EXIT_OK
         return EXIT_CONFIG if EXIT_CONFIG in codes else max(codes)
+
+
+class ClusterReport(Report):
+    """One cluster's checks with several clusters: every subject is named ``<cluster> <subject>``,
+    that cluster's broker password is masked too, and the lines (the exit status) are the
+    parent report's."""
+
+    def __init__(self, parent: Report, cluster: str, settings: Settings) -> None:
+        super().__init__(settings, parent.out)
+        self.lines = parent.lines
+        self._secrets = tuple(dict.fromkeys((*parent._secrets, *self._secrets)))
+        self.cluster = cluster
+
+    def _emit(self, line: CheckLine) -> None:
+        named = f"{self.cluster} {line.subject}"
+        super()._emit(CheckLine(line.status, named, line.detail, line.exit_code))
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 1. the settings as a whole (:mod:`chatbot.check.config`);
 2. the state store, when it is Redis (:mod:`chatbot.check.state`);
-3. the broker, then the workers, queues and events behind it (:mod:`chatbot.check.broker`);
+3. the broker, then the workers, queues and events behind it (:mod:`chatbot.check.broker`):
+   with several clusters (``CHATOPS_CLUSTERS``), each one's, every line named after it;
 4. Slack: the bot token, its scopes, the app-level token, the channels
    (:mod:`chatbot.check.slack`).
 
@@ -18,9 +19,10 @@ from typing import TextIO
 
 from chatbot.check.broker import check_broker
 from chatbot.check.config import check_config
-from chatbot.check.report import Report, Timeouts
+from chatbot.check.report import ClusterReport, Report, Timeouts
 from chatbot.check.slack import check_slack
 from chatbot.check.state import check_state_store
+from chatbot.cluster_config import load_clusters
 from chatbot.config import Settings
 
 __all__ = ["run_checks"]
@@ -32,7 +34,14 @@ def run_checks(settings: Settings, out: TextIO, timeouts: Timeouts | None = None
     report = Report(settings, out)
     check_config(settings, report)
     check_state_store(settings, report, timeout=limits.broker)
-    if settings.broker_url:
-        check_broker(settings, report, limits)
+    clusters = load_clusters(settings)
+    if not clusters.several:
+        if settings.broker_url:
+            check_broker(settings, report, limits)
+    else:
+        # Each cluster's broker, workers, queues and events, its lines named after it.
+        for cluster in clusters:
+            named = ClusterReport(report, cluster.name, cluster.settings)
+            check_broker(cluster.settings, named, limits)
     check_slack(settings, report, timeout=limits.slack)
     return report.exit_code
