@@ -508,8 +508,8 @@ class Settings:
         default=(),
         metadata={
             **_meta(
-                CLUSTER_KEY_PREFIX + "<NAME>_<SETTING>", _str, BROKER,
-                "one cluster's own QUEUES, ALERT_CHANNEL, thresholds, retention or timeout",
+                CLUSTER_KEY_PREFIX + "<NAME>_<KEY>", _str, BROKER,
+                "one cluster's own KEY (QUEUES, ALERT_CHANNEL, BACKLOG_THRESHOLD...), see README",
             ),
             "parse": None,
         },
