@@ -439,6 +439,14 @@ class ClusterParts:
                 else "event consumer not connected to the broker yet"
             )
         report.update(loss_report(stream, now))
+        # Connected is not enough: a dead or stalled intake thread leaves the bot blind.
+        consumer = self.consumer
+        if consumer is not None:
+            report["intake_restarts"] = consumer.intake_restarts
+            intake_problem = consumer.intake_problem()
+            if intake_problem is not None:
+                report["ok"] = False
+                report["reason"] = intake_problem
         return report
 
     def fleet_reading(self, extra: list[dict[str, Any]]) -> FleetReading:

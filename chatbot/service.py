@@ -355,14 +355,6 @@ class Service:
         report["periodic"] = {
             job_id: job.as_dict() for job_id, job in self.jobs.health().items()
         }
-        # Connected is not enough: a dead or stalled intake thread leaves the bot blind.
-        consumer = self.consumer
-        if consumer is not None:
-            report["intake_restarts"] = consumer.intake_restarts
-            intake_problem = consumer.intake_problem()
-            if intake_problem is not None:
-                report["ok"] = False
-                report["reason"] = intake_problem
         for source in self.health_sources:
             report.update(source())
         return report
