@@ -31,10 +31,12 @@ __all__ = [
     "OVERRIDABLE",
     "ClusterConfig",
     "Clusters",
+    "address_value",
     "env_name",
     "load_clusters",
     "parse_channel_clusters",
     "parse_cluster_list",
+    "split_value",
 ]
 
 DEFAULT_CLUSTER = "default"
@@ -70,6 +72,24 @@ def _suffix(field_name: str) -> str:
 
 _FIELDS = {f.name: f for f in fields(Settings)}
 _BY_SUFFIX = {_suffix(name): name for name in OVERRIDABLE}
+
+
+# An interactive element's value that addresses a cluster: "@NAME/VALUE" (alert buttons, the
+# buttons and menus of a command's answer when the bot has several clusters).
+_ADDRESSED_VALUE = re.compile(r"^@([a-z0-9][a-z0-9_-]{0,31})/(.+)$", re.DOTALL)
+
+
+def address_value(cluster: str, value: str) -> str:
+    """``value`` of a button or menu option, addressed to ``cluster``."""
+    return f"@{cluster}/{value}"
+
+
+def split_value(value: str) -> tuple[str | None, str]:
+    """``"@beta/x"`` -> ``("beta", "x")``; a value without an address -> ``(None, value)``."""
+    found = _ADDRESSED_VALUE.match(value)
+    if found is None:
+        return None, value
+    return found.group(1), found.group(2)
 
 
 def env_name(cluster: str) -> str:

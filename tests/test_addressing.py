@@ -17,14 +17,15 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from chatbot.approvals import ApprovalService
+from chatbot.approvals import APPROVE_ACTION_ID, ApprovalService
 from chatbot.audit import AuditLog
 from chatbot.auth import Authorizer
-from chatbot.cluster_config import Clusters, load_clusters
+from chatbot.cluster_config import Clusters, load_clusters, split_value
 from chatbot.commands import CommandContext, Dispatcher, UsageError, build_registry
 from chatbot.commands.addressing import (
     AddressedPrepared,
     ClusterDispatcher,
+    addressed_blocks,
     split_address,
 )
 from chatbot.commands.control import register_control_commands
@@ -36,6 +37,7 @@ from chatbot.store.records import MemoryRecordStore
 from tests.test_commands import task_events
 
 NOW = 1_700_000_000.0
+TEXT = {"type": "plain_text", "text": "Go"}
 OPERATOR = "U0ALICE"
 ALPHA_CHANNEL = "C0ALPHA"
 OTHER_CHANNEL = "C0OTHER"
@@ -269,3 +271,38 @@ def test_one_cluster_answers_exactly_as_a_plain_dispatcher() -> None:
         assert routed == direct, line
     # @default is accepted too.
     assert "alpha declined" in shown(single.run("@default failed"))
+
+
+def test_the_buttons_and_menus_of_a_clusters_answer_address_it() -> None:
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": "a task"},
+            "accessory": {
+                "type": "overflow",
+                "action_id": "task_menu",
+                "options": [
+                    {"text": {"type": "plain_text", "text": "Details"}, "value": "details:t1"},
+                    {"text": {"type": "plain_text", "text": "Retry"}, "value": "retry:t1"},
+                ],
+            },
+        },
+        {
+            "type": "actions",
+            "elements": [
+                {"type": "button", "action_id": "group", "value": "g1", "text": TEXT},
+                {"type": "button", "action_id": APPROVE_ACTION_ID, "value": "a" * 32, "text": TEXT},
+            ],
+        },
+    ]
+    addressed = addressed_blocks(blocks, "beta")
+    options = addressed[0]["accessory"]["options"]
+    assert [o["value"] for o in options] == ["@beta/details:t1", "@beta/retry:t1"]
+    group, approve = addressed[1]["elements"]
+    assert group["value"] == "@beta/g1"
+    assert approve["value"] == "a" * 32  # an approval id finds its cluster by itself
+    split = [split_value(o["value"]) for o in options]
+    assert split == [("beta", "details:t1"), ("beta", "retry:t1")]
+    assert split_value("details:t1") == (None, "details:t1")
+    assert blocks[1]["elements"][0]["value"] == "g1"  # the original is left as it was
+    assert validate_blocks(addressed) == []

@@ -8,9 +8,8 @@ dispatcher as the *clicking* user (``ActionClick.user_id``), so the click is exa
 
 from __future__ import annotations
 
-import re
-
 from chatbot.alerts.manager import REVOKE_ACTION_ID, TERMINATE_ACTION_ID
+from chatbot.cluster_config import split_value
 
 ALERT_ACTION_IDS = (REVOKE_ACTION_ID, TERMINATE_ACTION_ID)
 
@@ -20,19 +19,15 @@ _COMMANDS = {
     TERMINATE_ACTION_ID: "revoke {task_id} --terminate",
 }
 _MAX_TASK_ID = 255
-# With several clusters a button's value is "@CLUSTER/TASK_ID" (templates/alert.json.j2).
-_CLUSTER_VALUE = re.compile(r"^@([a-z0-9][a-z0-9_-]{0,31})/(.+)$", re.DOTALL)
 
 
 def command_for_click(action_id: str, value: str) -> str | None:
     """``revoke <id>`` or ``revoke <id> --terminate``; None for another action or a value
     that is not a plain task id (a click must never smuggle in flags or a second id)."""
     template = _COMMANDS.get(action_id)
-    task_id = value.strip()
-    address = ""
-    found = _CLUSTER_VALUE.match(task_id)
-    if found is not None:
-        address, task_id = f"@{found.group(1)} ", found.group(2)
+    # With several clusters a button's value is "@CLUSTER/TASK_ID" (templates/alert.json.j2).
+    cluster, task_id = split_value(value.strip())
+    address = f"@{cluster} " if cluster else ""
     if (
         template is None
         or not task_id

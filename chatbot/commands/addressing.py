@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chatbot.approvals import APPROVE_ACTION_ID, DENY_ACTION_ID
+from chatbot.cluster_config import address_value
 from chatbot.commands.context import CommandContext
 from chatbot.commands.parser import COMMAND_WORDS, SHARE_FLAG, UsageError
 from chatbot.commands.registry import Dispatcher, Prepared, Registry
@@ -33,6 +35,7 @@ __all__ = [
     "AddressedPrepared",
     "ClusterDirectory",
     "ClusterDispatcher",
+    "addressed_blocks",
     "split_address",
 ]
 
@@ -221,7 +224,8 @@ class ClusterDispatcher:
         message = self._execute_on(cluster, prepared, ctx)
         if not self._directory.several or message.approval_id:
             # One cluster: exactly the answer it always was. An approval card names its cluster
-            # itself (it is re-rendered on every decision, and would lose a line added here).
+            # itself (it is re-rendered on every decision, and would lose a line added here),
+            # and its buttons carry an approval id that finds its cluster by itself.
             return message
         return _join(message.ephemeral, [(cluster, message)])
 
@@ -248,6 +252,49 @@ def _cluster_heading(cluster: str) -> dict[str, Any]:
     }
 
 
+_NOT_ADDRESSED = frozenset({APPROVE_ACTION_ID, DENY_ACTION_ID})
+
+
+def addressed_blocks(blocks: Sequence[Mapping[str, Any]], cluster: str) -> list[dict[str, Any]]:
+    """``blocks`` with every button's and menu option's value addressed to ``cluster``
+    (``@NAME/VALUE``, see ``cluster_config.split_value``), so that a click on it runs on the
+    cluster the answer came from. Approval buttons keep their ids (they find their cluster)."""
+    return [_addressed(block, cluster) for block in blocks]
+
+
+def _addressed(block: Mapping[str, Any], cluster: str) -> dict[str, Any]:
+    copy = dict(block)
+    if isinstance(copy.get("accessory"), Mapping):
+        copy["accessory"] = _addressed_element(copy["accessory"], cluster)
+    if isinstance(copy.get("elements"), list):
+        copy["elements"] = [
+            _addressed_element(e, cluster) if isinstance(e, Mapping) else e
+            for e in copy["elements"]
+        ]
+    return copy
+
+
+def _addressed_element(element: Mapping[str, Any], cluster: str) -> dict[str, Any]:
+    copy = dict(element)
+    if copy.get("action_id") in _NOT_ADDRESSED:
+        return copy
+    if isinstance(copy.get("value"), str):
+        copy["value"] = address_value(cluster, copy["value"])
+    for key in ("options", "initial_option"):
+        options = copy.get(key)
+        if isinstance(options, list):
+            copy[key] = [_addressed_option(o, cluster) for o in options]
+        elif isinstance(options, Mapping):
+            copy[key] = _addressed_option(options, cluster)
+    return copy
+
+
+def _addressed_option(option: Any, cluster: str) -> Any:
+    if isinstance(option, Mapping) and isinstance(option.get("value"), str):
+        return {**option, "value": address_value(cluster, option["value"])}
+    return option
+
+
 def _join(ephemeral: bool, answers: Sequence[tuple[str, Message]]) -> Message:
     """Each cluster's answer under its name, fitted to Block Kit's limits as one message."""
     blocks: list[dict[str, Any]] = []
@@ -256,7 +303,7 @@ def _join(ephemeral: bool, answers: Sequence[tuple[str, Message]]) -> Message:
         if index:
             blocks.append({"type": "divider"})
         blocks.append(_cluster_heading(cluster))
-        blocks.extend(message.blocks)
+        blocks.extend(addressed_blocks(message.blocks, cluster))
         texts.append(f"[{cluster}] {message.text}")
     text, fitted = fit_message({"text": "\n".join(texts), "blocks": blocks})
     return Message(text=text, blocks=fitted, ephemeral=ephemeral)
