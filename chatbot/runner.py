@@ -114,7 +114,11 @@ def run(settings: Settings, stop: threading.Event | None = None) -> int:
     approval_actions = ApprovalActions(service.approvals, client)
     alert_buttons = AlertButtons(approval_actions, service.run_as)
     task_buttons = TaskButtons(
-        approval_actions, service.run_as, service.store.get_task, service.renderer
+        approval_actions,
+        service.run_as,
+        service.store.get_task,
+        service.renderer,
+        get_task_in=service.get_task_in,
     )
     metrics = SlackMetrics()
     try:

@@ -43,7 +43,7 @@ from chatbot.control import FleetControl
 from chatbot.discovery import WorkerDiscovery
 from chatbot.failures import FingerprintMemory
 from chatbot.metrics import FleetReading, fleet_registry
-from chatbot.model import StreamHealth
+from chatbot.model import StreamHealth, Task
 from chatbot.periodic import PeriodicJobs
 from chatbot.render import Message, Renderer
 from chatbot.slack.client import make_web_client
@@ -280,6 +280,11 @@ class Service:
             parts.stop_store_facts()
         if self.alert_sender is not None:
             self.alert_sender.stop()
+
+    def get_task_in(self, cluster: str, task_id: str) -> Task | None:
+        """A task of ``cluster`` (None for an unknown cluster or task)."""
+        parts = self.clusters.get(cluster)
+        return parts.store.get_task(task_id) if parts is not None else None
 
     def run_as(self, text: str, user_id: str, channel_id: str) -> Message:
         """Run a ``/celery`` line as ``user_id`` (a button that stands for a command)."""

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -18,12 +19,15 @@ from chatbot.approvals import APPROVE_ACTION_ID
 from chatbot.model import REVOKED, STARTED
 from chatbot.slack import HttpServer, SlackMetrics, build_app, make_executor, make_web_client
 from chatbot.slack.approval_actions import ApprovalActions
+from chatbot.slack.task_actions import TaskButtons
+from chatbot.task_actions import TASK_MENU_ACTION_ID
 from tests.fleet_app import HANG
 from tests.support.slack_api import MockSlackAPI
 from tests.support.slack_payloads import (
     FORM,
     SignedResponse,
     block_action,
+    overflow_action_payload,
     post_signed,
     slash_command,
 )
@@ -60,12 +64,20 @@ def stack(bot: Bot) -> Iterator[Stack]:  # noqa: F811
         executor = make_executor(4)
         metrics = SlackMetrics()
         approvals = ApprovalActions(bot.service.approvals, client)
+        service = bot.service
+        task_buttons = TaskButtons(
+            approvals,
+            service.run_as,
+            service.store.get_task,
+            service.renderer,
+            get_task_in=service.get_task_in,
+        )
         app = build_app(
-            bot.service,
+            service,
             client=client,
             signing_secret=SECRET,
             executor=executor,
-            actions=approvals.actions(),
+            actions=[*approvals.actions(), *task_buttons.actions()],
             metrics=metrics,
         )
         server = HttpServer(app, bot.service, "127.0.0.1", 0, metrics=metrics).start()
@@ -129,3 +141,36 @@ def test_a_revoke_through_slack_is_refused_unnamed_and_runs_on_beta_once_approve
     fleet.wait_state("beta", task_id, REVOKED)
     assert task_id in fleet.revoked_on(fleet.beta)
     assert task_id not in fleet.revoked_on(fleet.alpha)
+
+
+def test_a_row_menu_of_one_clusters_answer_acts_on_that_cluster(stack: Stack) -> None:
+    fleet = stack.bot
+    answer = stack.command("failed", "menus").json()
+    details = f"@beta/details:{fleet.beta.failed_id}"
+    offered = [
+        block
+        for block in answer["blocks"]
+        for option in (block.get("accessory") or {}).get("options") or ()
+        if option["value"] == details
+    ]
+    assert offered, "beta's failed row offers its details, addressed to beta"
+    payload = overflow_action_payload(
+        TASK_MENU_ACTION_ID,
+        details,
+        user_id=OPERATOR,
+        channel_id=CHANNEL,
+        message_ts="1700000000.000300",
+        response_url=stack.api.response_url("menu-click"),
+        message_blocks=answer["blocks"],
+        option_text="Details",
+    )
+    clicked = post_signed(
+        stack.server.url + "/slack/events",
+        urlencode({"payload": json.dumps(payload)}).encode(),
+        signing_secret=SECRET,
+        content_type=FORM,
+    )
+    assert clicked.status == 200
+    shown = text_of(stack.later("menu-click"))
+    # The task view of beta's task, from beta's store (alpha's would say "unknown task").
+    assert "beta is broken" in shown and "unknown task" not in shown

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from chatbot.cluster_config import split_value
 from chatbot.model import Task
 from chatbot.redaction import ELLIPSIS
 from chatbot.render import Message, Renderer, mrkdwn
@@ -67,10 +68,15 @@ class TaskButtons:
         run_command: Callable[[str, str, str], Message],
         get_task: Callable[[str], Task | None],
         renderer: Renderer,
+        *,
+        get_task_in: Callable[[str, str], Task | None] | None = None,
     ) -> None:
+        """``get_task_in(cluster, task_id)``: with several clusters, a task of the cluster a
+        click's value names (``@NAME/VALUE``, see ``cluster_config.split_value``)."""
         self.approvals = approvals
         self.run_command = run_command
         self.get_task = get_task
+        self.get_task_in = get_task_in
         self.renderer = renderer
 
     def actions(self) -> list[tuple[str, ActionHandler]]:
@@ -78,21 +84,29 @@ class TaskButtons:
         return [(action_id, self.on_click) for action_id in TASK_ACTION_IDS]
 
     def on_click(self, click: ActionClick) -> ActionReply:
+        # With several clusters the value names the cluster the row came from: the click's
+        # command is addressed to it, and the task looked up there.
+        cluster, value = split_value(click.value)
+        click = replace(click, value=value)
+        address = f"@{cluster} " if cluster else ""
         if click.action_id == GROUP_ACTION_ID:
             listing = group_command(click.value)
             if listing is None:
                 return ActionReply(Message(text="This button carries no failure group."))
-            listed = self.run_command(listing, click.user_id, click.channel_id)
+            listed = self.run_command(address + listing, click.user_id, click.channel_id)
             return ActionReply(replace(listed, ephemeral=True))
         if click.action_id == WORKER_MENU_ACTION_ID:
             control = worker_command(click.value)
             if control is None:
                 return ActionReply(Message(text="This menu carries no worker to act on."))
-            return self._run_control(control, click)
+            return self._run_control(address + control, click)
         chosen = parse_value(click.value)
         if chosen is None:
             return ActionReply(Message(text="This button carries no task id to act on."))
-        task = self.get_task(chosen.task_id)
+        if cluster is not None and self.get_task_in is not None:
+            task = self.get_task_in(cluster, chosen.task_id)
+        else:
+            task = self.get_task(chosen.task_id)
         stale = stale_reason(chosen, task)
         if stale is not None:
             # The reason names the task (its name came from the fleet): escaped.
@@ -102,7 +116,7 @@ class TaskButtons:
             return ActionReply(self.full_traceback(task))
         command = command_for(chosen)
         assert command is not None
-        return self._run_control(command, click)
+        return self._run_control(address + command, click)
 
     def _run_control(self, command: str, click: ActionClick) -> ActionReply:
         message = self.run_command(command, click.user_id, click.channel_id)
