@@ -264,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             title = "3 clusters, redis state, 1 replica"
             results.append(_scenario(server, title, 3, events, cap, state_db=15, run=2))
             title = "3 clusters, redis state, 2 replicas"
-            results.append(
-                _scenario(server, title, 3, events, cap, state_db=14, replicas=2, run=3)
-            )
+            results.append(_scenario(server, title, 3, events, cap, state_db=14, replicas=2, run=3))
     finally:
         server.stop()
     _print(results)

@@ -228,9 +228,7 @@ def _snapshot_path(path: str, name: str) -> str:
     return path if not path or name == DEFAULT_CLUSTER else f"{path}.{name}"
 
 
-def _overrides(
-    settings: Settings, names: tuple[str, ...]
-) -> dict[str, dict[str, Any]]:
+def _overrides(settings: Settings, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Typed per-cluster values from the ``CHATOPS_CLUSTER_<NAME>_<SETTING>`` keys."""
     by_env = {env_name(n): n for n in names}
     found: dict[str, dict[str, Any]] = {n: {} for n in names}

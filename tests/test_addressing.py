@@ -99,9 +99,7 @@ class Bot:
 
 def _fed_store(task_id: str, name: str, exception: str) -> MemoryStore:
     store = MemoryStore(clock=lambda: NOW)
-    store.apply(
-        task_events(name, task_id, NOW - 60, outcome="failure", exception=exception)
-    )
+    store.apply(task_events(name, task_id, NOW - 60, outcome="failure", exception=exception))
     return store
 
 

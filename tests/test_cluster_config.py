@@ -74,9 +74,7 @@ def test_a_broker_url_beside_clusters_must_be_one_of_them() -> None:
     with pytest.raises(ConfigError, match="CHATOPS_CLUSTERS: set together with CELERY_BROKER"):
         load_settings({"CHATOPS_CLUSTERS": f"a={REDIS}", "CELERY_BROKER_URL": AMQP})
     # The same URL listed as a cluster is fine (a deployment adding a second cluster).
-    clusters = clusters_of(
-        {"CHATOPS_CLUSTERS": f"a={REDIS},b={AMQP}", "CELERY_BROKER_URL": REDIS}
-    )
+    clusters = clusters_of({"CHATOPS_CLUSTERS": f"a={REDIS},b={AMQP}", "CELERY_BROKER_URL": REDIS})
     assert clusters.names == ("a", "b")
 
 
