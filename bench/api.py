@@ -102,7 +102,7 @@ def flower(tasks: int, seed: int) -> Iterator[tuple[str, dict[str, str], int]]:
         asyncio.set_event_loop(loop)
         app = tornado.web.Application([(r"/api/tasks", ListTasks)])
         # What ListTasks and its base handlers read of Flower's application.
-        app.options = SimpleNamespace(  # type: ignore[attr-defined]
+        app.options = SimpleNamespace(  # type: ignore[attr-defined, unused-ignore]
             basic_auth=[f"{BASIC[0]}:{BASIC[1]}"],
             auth=None,
             read_only=False,
@@ -110,7 +110,7 @@ def flower(tasks: int, seed: int) -> Iterator[tuple[str, dict[str, str], int]]:
             debug=False,
             format_task=None,
         )
-        app.events = SimpleNamespace(state=state)  # type: ignore[attr-defined]
+        app.events = SimpleNamespace(state=state)  # type: ignore[attr-defined, unused-ignore]
         app.listen(port, address="127.0.0.1")
         ready.set()
         loop.run_forever()
