@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from chatbot.consumer import EventConsumer
 from chatbot.demo.embedded import EmbeddedRedis
 from chatbot.demo.worker import CeleryWorkerProcess
 
@@ -156,3 +157,23 @@ def amqp_url() -> str:
 def unique_name() -> Callable[[str], str]:
     """``unique_name("q")`` -> ``q-<8 hex>``: queue names and hostnames no other test uses."""
     return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def consumers() -> Iterator[Callable[..., EventConsumer]]:
+    """Started EventConsumers, connected before a test sees them, stopped after it."""
+    started: list[EventConsumer] = []
+
+    def make(url: str, store: Any, **options: Any) -> EventConsumer:
+        # No broadcasts unless a test asks: other tests' workers share the brokers.
+        options.setdefault("heartbeat", lambda: None)
+        options.setdefault("enable_events", lambda: None)
+        consumer = EventConsumer(url, store, **options)
+        started.append(consumer)
+        consumer.start()
+        assert consumer.wait_connected(30), "consumer did not connect"
+        return consumer
+
+    yield make
+    for consumer in started:
+        consumer.stop(timeout=10)

@@ -10,7 +10,7 @@ import json
 import pickle
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -43,25 +43,6 @@ wait_for: Callable[..., Any] = partial(wait_until, timeout=DEADLINE, interval=0.
 
 def health(consumer: EventConsumer, store: MemoryStore) -> StreamHealth:
     return consumer.health_into(store.health())
-
-
-@pytest.fixture
-def consumers() -> Iterator[Callable[..., EventConsumer]]:
-    started: list[EventConsumer] = []
-
-    def make(url: str, store: Any, **options: Any) -> EventConsumer:
-        # No broadcasts unless a test asks: other tests' workers share the brokers.
-        options.setdefault("heartbeat", lambda: None)
-        options.setdefault("enable_events", lambda: None)
-        consumer = EventConsumer(url, store, **options)
-        started.append(consumer)
-        consumer.start()
-        assert consumer.wait_connected(30), "consumer did not connect"
-        return consumer
-
-    yield make
-    for consumer in started:
-        consumer.stop(timeout=10)
 
 
 def _db(url: str) -> int:

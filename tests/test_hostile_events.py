@@ -88,24 +88,6 @@ def wire(redis_url: str) -> Iterator[Wire]:
     publisher.close()
 
 
-@pytest.fixture
-def consumers() -> Iterator[Callable[..., EventConsumer]]:
-    started: list[EventConsumer] = []
-
-    def make(url: str, store: Any, **options: Any) -> EventConsumer:
-        options.setdefault("heartbeat", lambda: None)
-        options.setdefault("enable_events", lambda: None)
-        consumer = EventConsumer(url, store, **options)
-        started.append(consumer)
-        consumer.start()
-        assert consumer.wait_connected(30), "consumer did not connect"
-        return consumer
-
-    yield make
-    for consumer in started:
-        consumer.stop(timeout=10)
-
-
 def finished(store: FleetStore, uuid: str) -> Task | None:
     task = store.get_task(uuid)
     return task if task is not None and task.state == SUCCESS else None
