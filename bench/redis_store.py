@@ -42,6 +42,7 @@ from typing import Any
 import redis
 
 from bench.events import Event, FleetEvents
+from bench.steady import settled
 from chatbot.demo.embedded import EmbeddedRedis
 from chatbot.model import FAILURE
 from chatbot.store.memory import MemoryStore
@@ -79,12 +80,12 @@ def child_ingest(options: dict[str, Any]) -> dict[str, Any]:
         from celery.events.state import State
 
         store = State(max_tasks_in_memory=cap)
-        while len(store.tasks) < cap:
+        while not settled(store):  # the cap, and its event heap's bound (bench/steady.py)
             for event in itertools.islice(stream, BATCH):
                 store.event(event)
     elif kind == "memory":
         store = MemoryStore(max_tasks=cap)
-        while len(store) < cap:
+        while not settled(store):
             store.apply(list(itertools.islice(stream, BATCH)))
     else:
         client = connect(options["url"])
@@ -94,7 +95,7 @@ def child_ingest(options: dict[str, Any]) -> dict[str, Any]:
             client, options["prefix"], max_tasks=cap, flush_interval=options["flush_interval"]
         )
         store.start_writer(wait=True, timeout=60)
-        while len(store) < cap:
+        while not settled(store):
             store.apply(list(itertools.islice(stream, BATCH)))
             store.flush(timeout=60)
     batches = _batches(stream, count)

@@ -44,6 +44,7 @@ from typing import Any
 import psutil
 
 from bench.events import FleetEvents
+from bench.steady import settled
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_COMMIT = "a183fbd"  # main before issue 12's store work (this branch is rebased on it)
@@ -106,7 +107,7 @@ def child_store(options: dict[str, Any]) -> dict[str, Any]:
     def retained() -> int:
         return len(store) if ours else len(store.tasks)
 
-    while retained() < cap:
+    while not settled(store):  # the cap, and every other bound (bench/steady.py)
         feed(list(itertools.islice(stream, BATCH)))
     pauses = _Pauses()
     gc.callbacks.append(pauses)
