@@ -418,6 +418,46 @@ def test_stopping_cancels_what_is_still_queued(client: WebClient, api: MockSlack
     assert sender.post_message(CHANNEL, "three").result(1).error == "sender_stopped"
 
 
+def test_a_critical_alert_is_posted_ahead_of_the_warnings_waiting_in_its_channel(
+    client: WebClient, api: MockSlackAPI, records: MemoryRecordStore, settings: Settings,
+    clock: Clock,
+) -> None:
+    sender = SlackSender(client, min_interval=0.5)  # Slack's pacing, shortened
+    try:
+        manager = make_manager(records, sender, settings, clock)
+        warnings = [backlog(10, f"q{i}") for i in range(4)]
+        manager.reconcile(evaluation(*warnings))  # one is sent, three wait their turn
+        critical = backlog(500, "payments")
+        assert critical.severity == "critical" and warnings[0].severity == "warning"
+        manager.reconcile(evaluation(*warnings, critical))
+        assert sender.flush(15)
+        subjects = [call.params["text"] for call in top_level_posts(api)]
+        assert len(subjects) == 5
+        assert "payments" in subjects[1], subjects  # right after the one already on its way
+        assert all("payments" not in text for text in subjects[2:])
+    finally:
+        sender.stop()
+
+
+def test_an_urgent_post_is_taken_when_the_queue_is_full_and_never_passes_a_tried_call(
+    client: WebClient, api: MockSlackAPI
+) -> None:
+    sender = SlackSender(client, min_interval=0.0, default_retry_after=1.0, max_queue=2)
+    try:
+        api.rate_limit_next("chat.postMessage", retry_after=1)
+        first = sender.post_message(CHANNEL, "tried first")
+        api.wait_for("chat.postMessage")  # refused with a 429: it waits at the head
+        second = sender.post_message(CHANNEL, "waiting")
+        refused = sender.post_message(CHANNEL, "one too many")
+        assert refused.result(1).error == "queue_full"
+        urgent = sender.post_message(CHANNEL, "events are being lost", urgent=True)
+        assert all(f.result(15).ok for f in (first, second, urgent))
+        sent = [c.params["text"] for c in api.calls("chat.postMessage") if c.status == 200]
+        assert sent == ["tried first", "events are being lost", "waiting"]
+    finally:
+        sender.stop()
+
+
 # -- one of several clusters --------------------------------------------------------------------
 def test_a_stuck_alert_names_its_cluster_and_its_buttons_address_it(
     api: MockSlackAPI, sender: SlackSender, clock: Clock

@@ -50,6 +50,7 @@ class ConsoleSender:
         blocks: list[dict[str, Any]] | None = None,
         *,
         thread_ts: str | None = None,
+        urgent: bool = False,  # printed at once anyway: nothing waits here
     ) -> Future[SendResult]:
         rendered = to_text(Message(text, list(blocks or []))).rstrip("\n")
         if thread_ts:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from chatbot.alerts.rules import (
+    CRITICAL,
     KINDS,
     SEVERITY_RANK,
     Condition,
@@ -79,6 +80,7 @@ class MessageSender(Protocol):
         blocks: list[dict[str, Any]] | None = None,
         *,
         thread_ts: str | None = None,
+        urgent: bool = False,
     ) -> Future[SendResult]: ...
 
     def update_message(
@@ -454,7 +456,10 @@ class AlertManager:
         }
         message = self._render(PARENT_TEMPLATE, record, None, now)
         self.records.put(ALERT_RECORD, condition.key, record)
-        future = self.sender.post_message(self.channel, message.text, message.blocks)
+        # A critical alert's first post goes ahead of the warnings and edits still waiting.
+        future = self.sender.post_message(
+            self.channel, message.text, message.blocks, urgent=condition.severity == CRITICAL
+        )
         future.add_done_callback(lambda done: self._on_parent_posted(condition.key, post_id, done))
         log.info("Alert %s opened (%s)", condition.key, condition.severity)
 

@@ -27,6 +27,11 @@ which posts the alert twice. Which failures are retried follows from what Slack 
   ...) fails that call at once: logged once per channel and code, counted, and kept in
   :meth:`SlackSender.health` until the channel works again, for ``status`` and ``/healthz``.
 - Edits of one message that wait in the queue are coalesced: only the latest text is sent.
+- An urgent post (a critical alert's first message: events are being lost, a queue is far
+  past its threshold) goes ahead of every non-urgent call waiting in its channel, and is taken
+  even when the queue is full: in a storm of warnings it is the one notice that must not wait
+  behind them. It never passes another urgent post, nor a call already tried (that call's
+  retry keeps the channel's rate-limit wait).
 
 Every call returns a :class:`concurrent.futures.Future` of a :class:`SendResult`; nothing here
 blocks its caller.
@@ -126,6 +131,7 @@ class _Item:
     arguments: dict[str, Any]
     future: Future[SendResult]
     coalesce: tuple[str, str] | None = None
+    urgent: bool = False
     attempts: int = 0
     not_before: float = 0.0
 
@@ -193,7 +199,9 @@ class SlackSender:
         blocks: list[dict[str, Any]] | None = None,
         *,
         thread_ts: str | None = None,
+        urgent: bool = False,
     ) -> Future[SendResult]:
+        """Post a message; ``urgent`` puts it ahead of what waits (see the module notes)."""
         arguments: dict[str, Any] = {
             "channel": channel,
             "text": text,
@@ -204,7 +212,7 @@ class SlackSender:
         }
         if thread_ts:
             arguments["thread_ts"] = thread_ts
-        return self._submit(_Item(POST, channel, arguments, Future()))
+        return self._submit(_Item(POST, channel, arguments, Future(), urgent=urgent))
 
     def update_message(
         self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None
@@ -224,7 +232,7 @@ class SlackSender:
             if self._stopping:
                 item.future.set_result(SendResult(False, item.method, item.channel, error=STOPPED))
                 return item.future
-            if self.queued_locked() >= self.max_queue:
+            if not item.urgent and self.queued_locked() >= self.max_queue:
                 self._record_failure_locked(item, QUEUE_FULL, "the alert queue is full")
                 item.future.set_result(
                     SendResult(False, item.method, item.channel, error=QUEUE_FULL)
@@ -233,7 +241,14 @@ class SlackSender:
             lane = self._lanes.get(item.channel)
             if lane is None:
                 lane = self._lanes[item.channel] = _Lane()
-            lane.items.append(item)
+            if item.urgent:
+                items = lane.items
+                at = 0
+                while at < len(items) and (items[at].urgent or items[at].attempts):
+                    at += 1
+                items.insert(at, item)
+            else:
+                lane.items.append(item)
             if item.coalesce is not None:
                 self._pending_updates[item.coalesce] = item
             if lane.thread is None:
