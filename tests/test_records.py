@@ -40,6 +40,22 @@ def test_ttl_expires_records() -> None:
     assert records.list("silence") == []
 
 
+def test_expired_records_go_with_later_writes_even_when_never_read() -> None:
+    # The replay guard writes one record per signed request and reads back only its own key:
+    # what expired must not stay in memory for the life of the process.
+    clock = Clock()
+    records = MemoryRecordStore(clock=clock)
+    records.put("alert", "backlog:celery", {"open": True}, ttl=10)
+    records.put("alert", "backlog:celery", {"open": True})  # kept for good now
+    for i in range(1000):
+        assert records.create("replay", f"sig-{i}", {"at": clock.now}, ttl=300)
+        clock.now += 1
+    held = {key for (kind, key) in records._records if kind == "replay"}
+    assert held == {f"sig-{i}" for i in range(700, 1000)}  # the last 300 s, nothing older
+    assert records.get("alert", "backlog:celery") == {"open": True}
+    assert len(records._expiries) <= 301
+
+
 def test_transition_happens_once_among_concurrent_callers() -> None:
     records = MemoryRecordStore()
     records.put("approval", "a1", {"status": "pending"})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 import uuid as uuid_module
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from chatbot.store.redis import (
     RedisStore,
     StoreUnavailable,
 )
+from chatbot.store.redis.connection import text
 from tests.support import wait_until
 from tests.support.task_events import (
     T0,
@@ -445,6 +447,44 @@ def test_record_ttls_are_redis_expiries_and_a_transition_keeps_them(redis_url: s
     # an expired approval cannot be approved, nor brought back by the attempt
     assert records.transition("approval", "short", "status", "seen", {"status": "x"}) is None
     assert records.get("approval", "short") is None
+
+
+def test_expired_records_are_unindexed_by_later_writes_even_when_never_listed(
+    redis_url: str,
+) -> None:
+    # The replay guard writes one record per signed request and never lists its kind: its
+    # index must not keep a member per request for ever.
+    prefix = f"sweep-{uuid_module.uuid4().hex[:8]}"
+    records = RedisRecordStore(redis_url, prefix=prefix)
+    ahead = RedisRecordStore(redis_url, prefix=prefix, clock=lambda: time.time() + 120)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        records.put("alert", "backlog:celery", {"open": True}, ttl=0.05)
+        records.put("alert", "backlog:celery", {"open": True})  # kept for good now
+        records.create("approval", "long", {"status": "pending"}, ttl=60)
+        for i in range(150):
+            assert records.create("replay", f"sig-{i}", {"at": i}, ttl=0.05)
+        time.sleep(0.3)
+        for i in range(150, 152):  # each write unindexes at most SWEEP_LIMIT (100)
+            assert records.create("replay", f"sig-{i}", {"at": i}, ttl=60)
+        indexed: list[bytes] = client.zrange(f"{prefix}:recidx:replay", 0, -1)  # type: ignore[assignment]
+        assert {text(m) for m in indexed} == {
+            "sig-150", "sig-151",
+        }  # fmt: skip
+        assert client.zcard(f"{prefix}:recexp:replay") == 2
+        # A replica whose clock runs ahead sweeps early: a record still there stays listed.
+        ahead.put("approval", "other", {"status": "pending"}, ttl=600)
+        rescheduled = client.zscore(f"{prefix}:recexp:approval", "long")
+        assert rescheduled is not None and rescheduled > time.time() + 100  # seen, kept
+        assert records.list("approval") == [{"status": "pending"}, {"status": "pending"}]
+        assert records.list("alert") == [{"open": True}]
+        assert client.zscore(f"{prefix}:recexp:alert", "backlog:celery") is None
+    finally:
+        for key in client.scan_iter(match=f"{prefix}:*"):
+            client.unlink(key)
+        client.close()
+        records.close()
+        ahead.close()
 
 
 def _race(records_for: Callable[[int], RedisRecordStore], clicks: int) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import heapq
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -14,6 +15,11 @@ class MemoryRecordStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[tuple[str, str], tuple[dict[str, Any], float | None]] = {}
+        # (expires, kind, key) of every record written with a TTL: each write drops the records
+        # that expired, so a kind that is never read back (the replay guard writes one record
+        # per signed request) does not grow for ever. An entry whose record was replaced since
+        # has an expiry that no longer matches and is skipped.
+        self._expiries: list[tuple[float, str, str]] = []
 
     def _live(self, kind: str, key: str) -> dict[str, Any] | None:
         entry = self._records.get((kind, key))
@@ -25,8 +31,19 @@ class MemoryRecordStore:
             return None
         return value
 
-    def _expiry(self, ttl: float | None) -> float | None:
-        return None if ttl is None else self._clock() + ttl
+    def _store(self, kind: str, key: str, value: Mapping[str, Any], ttl: float | None) -> None:
+        """Write one record and drop the expired ones; the lock is held."""
+        now = self._clock()
+        due = self._expiries
+        while due and due[0][0] <= now:
+            when, old_kind, old_key = heapq.heappop(due)
+            entry = self._records.get((old_kind, old_key))
+            if entry is not None and entry[1] == when:
+                del self._records[(old_kind, old_key)]
+        expires = None if ttl is None else now + ttl
+        self._records[(kind, key)] = (copy.deepcopy(dict(value)), expires)
+        if expires is not None:
+            heapq.heappush(due, (expires, kind, key))
 
     def get(self, kind: str, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -35,7 +52,7 @@ class MemoryRecordStore:
 
     def put(self, kind: str, key: str, value: Mapping[str, Any], ttl: float | None = None) -> None:
         with self._lock:
-            self._records[(kind, key)] = (copy.deepcopy(dict(value)), self._expiry(ttl))
+            self._store(kind, key, value, ttl)
 
     def create(
         self, kind: str, key: str, value: Mapping[str, Any], ttl: float | None = None
@@ -43,7 +60,7 @@ class MemoryRecordStore:
         with self._lock:
             if self._live(kind, key) is not None:
                 return False
-            self._records[(kind, key)] = (copy.deepcopy(dict(value)), self._expiry(ttl))
+            self._store(kind, key, value, ttl)
             return True
 
     def transition(

@@ -1,7 +1,10 @@
 """The ``redis://`` RecordStore: approvals, alerts and silences shared by every replica.
 
 A record is one JSON string key ``<prefix>:rec:<kind>:<key>`` whose TTL is a Redis expiry;
-``<prefix>:recidx:<kind>`` lists a kind's keys in creation order.
+``<prefix>:recidx:<kind>`` lists a kind's keys in creation order, and
+``<prefix>:recexp:<kind>`` the keys of records with a TTL by when they expire, so that every
+write unindexes the records that expired (a kind that is never listed, like the replay guard's
+one record per signed request, would otherwise grow its index forever).
 """
 
 from __future__ import annotations
@@ -17,14 +20,49 @@ import redis.exceptions
 from chatbot.store.codec import dumps
 from chatbot.store.redis.connection import DEFAULT_PREFIX, RedisClient, client_from, guard, text
 
-__all__ = ["CREATE", "PRUNE", "RedisRecordStore"]
+__all__ = ["CREATE", "PRUNE", "PUT", "RedisRecordStore"]
 
 log = logging.getLogger(__name__)
 
-# KEYS[1]: the record, KEYS[2]: its kind's index; ARGV[1]: JSON, ARGV[2]: ttl in ms (0: none),
-# ARGV[3]: order score, ARGV[4]: the key as indexed. Create only if absent, and index it,
-# atomically.
-CREATE = """
+# How many expired records one write unindexes at most: the work a write adds stays bounded,
+# and a kind written to at all is swept faster than its records expire.
+SWEEP_LIMIT = 100
+
+# The scripts below share their keys and arguments. KEYS[1]: the record, KEYS[2]: its kind's
+# index, KEYS[3]: its kind's expiry index. ARGV[1]: JSON, ARGV[2]: ttl in ms (0: none),
+# ARGV[3]: order score, ARGV[4]: the key as indexed, ARGV[5]: now (seconds), ARGV[6]: the
+# kind's record key prefix, ARGV[7]: SWEEP_LIMIT.
+#
+# First, each unindexes the kind's records that are due to have expired and are gone; one still
+# there (a replica's clock ahead of another's) is rescheduled by its own remaining TTL.
+_SWEEP = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[5], 'LIMIT', 0, ARGV[7])
+for _, member in ipairs(due) do
+  local left = redis.call('PTTL', ARGV[6] .. member)
+  if left == -2 then
+    redis.call('ZREM', KEYS[2], member)
+    redis.call('ZREM', KEYS[3], member)
+  elseif left == -1 then
+    redis.call('ZREM', KEYS[3], member)
+  else
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[5]) + left / 1000, member)
+  end
+end
+"""
+# Then it indexes the record it wrote, and schedules its expiry (a record kept for good has
+# none).
+_INDEX = """
+redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[4])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[5]) + tonumber(ARGV[2]) / 1000, ARGV[4])
+else
+  redis.call('ZREM', KEYS[3], ARGV[4])
+end
+"""
+# Create only if absent, and index it, atomically.
+CREATE = (
+    _SWEEP
+    + """
 local stored
 if tonumber(ARGV[2]) > 0 then
   stored = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
@@ -32,9 +70,23 @@ else
   stored = redis.call('SET', KEYS[1], ARGV[1], 'NX')
 end
 if not stored then return 0 end
-redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[4])
-return 1
 """
+    + _INDEX
+    + "return 1\n"
+)
+# Create or replace, and index it, atomically.
+PUT = (
+    _SWEEP
+    + """
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+"""
+    + _INDEX
+    + "return 1\n"
+)
 
 
 # KEYS[1]: a kind's index; ARGV[1]: its records' key prefix; ARGV[2..]: members whose record
@@ -55,8 +107,9 @@ class RedisRecordStore:
 
     A record is one JSON string key ``<prefix>:rec:<kind>:<key>`` whose TTL is a Redis expiry;
     ``<prefix>:recidx:<kind>`` lists a kind's keys in creation order (expired members are
-    pruned when listed). ``transition`` is a compare-and-set under ``WATCH``, with Python's
-    equality on the decoded field, so it is decided once across threads and processes.
+    pruned when listed, and by every write of the kind, see the module's notes).
+    ``transition`` is a compare-and-set under ``WATCH``, with Python's equality on the decoded
+    field, so it is decided once across threads and processes.
     """
 
     def __init__(
@@ -72,6 +125,7 @@ class RedisRecordStore:
         self.prefix = prefix
         self._clock = clock
         self._create = self.client.register_script(CREATE)
+        self._put = self.client.register_script(PUT)
         self._prune = self.client.register_script(PRUNE)
 
     def _key(self, kind: str, key: str) -> str:
@@ -80,8 +134,23 @@ class RedisRecordStore:
     def _index(self, kind: str) -> str:
         return f"{self.prefix}:recidx:{kind}"
 
-    def _order_score(self) -> float:
-        return self._clock()  # list() returns a kind's records in creation order
+    def _expiries(self, kind: str) -> str:
+        return f"{self.prefix}:recexp:{kind}"
+
+    def _write(self, script: Any, kind: str, key: str, value: Mapping[str, Any],
+               ttl: float | None) -> bool:  # fmt: skip
+        data = dumps(dict(value))
+        # Both the order score (list() returns a kind's records in creation order) and the time
+        # expiries are scheduled from; the sweep checks each record's own TTL before it unindexes
+        # one, so replicas whose clocks differ only sweep a little early or late.
+        now = repr(self._clock())
+        with guard(self.client):
+            stored = script(
+                keys=[self._key(kind, key), self._index(kind), self._expiries(kind)],
+                args=[data, self._ttl_ms(ttl), now, key, now, f"{self.prefix}:rec:{kind}:",
+                      SWEEP_LIMIT],
+            )  # fmt: skip
+        return bool(stored)
 
     @staticmethod
     def _ttl_ms(ttl: float | None) -> int:
@@ -93,28 +162,12 @@ class RedisRecordStore:
         return _decode_record(raw)
 
     def put(self, kind: str, key: str, value: Mapping[str, Any], ttl: float | None = None) -> None:
-        data = dumps(dict(value))
-        name = self._key(kind, key)
-        with guard(self.client):
-            pipe = self.client.pipeline(transaction=True)
-            ms = self._ttl_ms(ttl)
-            if ms:
-                pipe.set(name, data, px=ms)
-            else:
-                pipe.set(name, data)
-            pipe.zadd(self._index(kind), {key: self._order_score()}, nx=True)
-            pipe.execute()
+        self._write(self._put, kind, key, value, ttl)
 
     def create(
         self, kind: str, key: str, value: Mapping[str, Any], ttl: float | None = None
     ) -> bool:
-        data = dumps(dict(value))
-        with guard(self.client):
-            stored = self._create(
-                keys=[self._key(kind, key), self._index(kind)],
-                args=[data, self._ttl_ms(ttl), repr(self._order_score()), key],
-            )
-        return bool(stored)
+        return self._write(self._create, kind, key, value, ttl)
 
     def transition(
         self, kind: str, key: str, field: str, expected: Any, updates: Mapping[str, Any]
@@ -143,7 +196,8 @@ class RedisRecordStore:
             pipe = self.client.pipeline(transaction=True)
             pipe.delete(self._key(kind, key))
             pipe.zrem(self._index(kind), key)
-            deleted, _ = pipe.execute()
+            pipe.zrem(self._expiries(kind), key)
+            deleted, _, _ = pipe.execute()
         return bool(deleted)
 
     def list(self, kind: str) -> list[dict[str, Any]]:
