@@ -526,8 +526,8 @@ class MemoryStore(MemoryQueries):
         return kept.uuid if kept is not None else text
 
     def _enter(self, task: Record, new: str, ts: float) -> None:
-        """A new record takes the state of its first event."""
-        task.state = new
+        """``task`` joins the state ``new``: a new record's first, or the next (_transition)."""
+        task.state = new  # before a compaction, which counts the members by their state
         group = self._by_state[new]
         group.ids.append(task.uuid)
         group.live += 1
@@ -543,15 +543,7 @@ class MemoryStore(MemoryQueries):
         if current == FAILURE:
             self._drop_failure(task.name or "?", task)  # before ``finished`` changes
         self._by_state[current].live -= 1
-        task.state = new  # before a compaction, which counts the members by their state
-        group = self._by_state[new]
-        group.ids.append(task.uuid)
-        group.live += 1
-        if len(group.ids) > 2 * group.live + 32:
-            self._compact(group, "state", new)
-        task.state_ts = ts
-        if new in _TERMINAL_PRECEDENCE:
-            self._finish(task, new, ts)
+        self._enter(task, new, ts)
 
     def _finish(self, task: Record, new: str, ts: float) -> None:
         task.finished = ts
