@@ -30,22 +30,22 @@ SWEEP_LIMIT = 100
 
 # The scripts below share their keys and arguments. KEYS[1]: the record, KEYS[2]: its kind's
 # index, KEYS[3]: its kind's expiry index. ARGV[1]: JSON, ARGV[2]: ttl in ms (0: none),
-# ARGV[3]: order score, ARGV[4]: the key as indexed, ARGV[5]: now (seconds), ARGV[6]: the
-# kind's record key prefix, ARGV[7]: SWEEP_LIMIT.
+# ARGV[3]: now in seconds (the record's order score, and the clock expiries are scheduled by),
+# ARGV[4]: the key as indexed, ARGV[5]: the kind's record key prefix, ARGV[6]: SWEEP_LIMIT.
 #
 # First, each unindexes the kind's records that are due to have expired and are gone; one still
 # there (a replica's clock ahead of another's) is rescheduled by its own remaining TTL.
 _SWEEP = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[5], 'LIMIT', 0, ARGV[7])
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[3], 'LIMIT', 0, ARGV[6])
 for _, member in ipairs(due) do
-  local left = redis.call('PTTL', ARGV[6] .. member)
+  local left = redis.call('PTTL', ARGV[5] .. member)
   if left == -2 then
     redis.call('ZREM', KEYS[2], member)
     redis.call('ZREM', KEYS[3], member)
   elseif left == -1 then
     redis.call('ZREM', KEYS[3], member)
   else
-    redis.call('ZADD', KEYS[3], tonumber(ARGV[5]) + left / 1000, member)
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + left / 1000, member)
   end
 end
 """
@@ -54,7 +54,7 @@ end
 _INDEX = """
 redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[4])
 if tonumber(ARGV[2]) > 0 then
-  redis.call('ZADD', KEYS[3], tonumber(ARGV[5]) + tonumber(ARGV[2]) / 1000, ARGV[4])
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[2]) / 1000, ARGV[4])
 else
   redis.call('ZREM', KEYS[3], ARGV[4])
 end
@@ -137,19 +137,20 @@ class RedisRecordStore:
     def _expiries(self, kind: str) -> str:
         return f"{self.prefix}:recexp:{kind}"
 
-    def _write(self, script: Any, kind: str, key: str, value: Mapping[str, Any],
-               ttl: float | None) -> bool:  # fmt: skip
+    def _write(
+        self, script: Any, kind: str, key: str, value: Mapping[str, Any], ttl: float | None
+    ) -> bool:
+        """Run CREATE or PUT. ``now`` orders the records (list() returns a kind's records in
+        creation order) and schedules expiries; the sweep checks each record's own TTL before
+        it unindexes one, so replicas whose clocks differ only sweep a little early or late."""
         data = dumps(dict(value))
-        # Both the order score (list() returns a kind's records in creation order) and the time
-        # expiries are scheduled from; the sweep checks each record's own TTL before it unindexes
-        # one, so replicas whose clocks differ only sweep a little early or late.
         now = repr(self._clock())
+        record_prefix = self._key(kind, "")
         with guard(self.client):
             stored = script(
                 keys=[self._key(kind, key), self._index(kind), self._expiries(kind)],
-                args=[data, self._ttl_ms(ttl), now, key, now, f"{self.prefix}:rec:{kind}:",
-                      SWEEP_LIMIT],
-            )  # fmt: skip
+                args=[data, self._ttl_ms(ttl), now, key, record_prefix, SWEEP_LIMIT],
+            )
         return bool(stored)
 
     @staticmethod
@@ -210,7 +211,7 @@ class RedisRecordStore:
             raws = self.client.mget([self._key(kind, m) for m in members])
             gone = [m for m, raw in zip(members, raws, strict=True) if raw is None]
             if gone:
-                self._prune(keys=[index], args=[f"{self.prefix}:rec:{kind}:", *gone])
+                self._prune(keys=[index], args=[self._key(kind, ""), *gone])
         found: list[dict[str, Any]] = []
         for raw in raws:
             value = _decode_record(raw)
