@@ -31,6 +31,7 @@ from chatbot.eventreader import (
     MESSAGES,
     ReaderProcess,
     Subscription,
+    after_quiet_read,
 )
 from chatbot.eventwire import EVENT_EXCHANGE, subscribe_topic
 
@@ -42,7 +43,6 @@ REDIS_SCHEMES = frozenset({"redis", "rediss"})
 # process-raw: the reader process hands raw messages over, this process decodes; thread.
 READERS = ("process", "process-raw", "thread")
 
-_IDLE_PING = 15.0  # an idle subscription sends PING so a dead peer is noticed
 
 _CERT_REQS = {
     "cert_required": "required",
@@ -265,14 +265,7 @@ class RedisIntake(IntakeHost):
                 if inline:
                     self._process(inline)
                     inline = []
-                idle = monotonic() - last_reply
-                if idle > 2 * _IDLE_PING:
-                    raise redis.exceptions.TimeoutError(
-                        f"no reply from the broker for {idle:.0f} s"
-                    ) from None
-                if idle > _IDLE_PING and not pinged:
-                    conn.send_command("PING")
-                    pinged = True
+                pinged = after_quiet_read(conn, last_reply, pinged)
                 continue
             last_reply = monotonic()
             pinged = False

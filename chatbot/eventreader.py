@@ -59,7 +59,7 @@ DISCONNECTED: Final = "d"
 # redis-py's message when recv() returns EOF: the server closed the subscription.
 SERVER_CLOSED = "Connection closed by server"
 _READ_TIMEOUT = 0.25  # how often a blocked read looks at the stop flag
-_IDLE_PING = 15.0  # an idle subscription sends PING so a dead peer is noticed
+IDLE_PING = 15.0  # an idle subscription sends PING so a dead peer is noticed
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 30.0
 
@@ -70,6 +70,20 @@ _BUFFERED_BYTES = 1
 _READ_MESSAGES = 2  # read from the socket since start
 _BACKPRESSURE_WAITS = 3  # times the socket was left unread because the buffer was full
 _COUNTERS = 4
+
+
+def after_quiet_read(conn: redis.Connection, last_reply: float, pinged: bool) -> bool:
+    """What a subscriber does when a read timed out: PING once the subscription has been quiet
+    for IDLE_PING seconds, and give up (TimeoutError, to reconnect) past twice that, since a
+    hung broker never closes the socket. Returns whether a PING is out."""
+    idle = time.monotonic() - last_reply
+    if idle > 2 * IDLE_PING:
+        # Called in the read's except clause: the read's own timeout is not the news.
+        raise redis.exceptions.TimeoutError(f"no reply from the broker for {idle:.0f} s") from None
+    if idle > IDLE_PING and not pinged:
+        conn.send_command("PING")
+        return True
+    return pinged
 
 
 @dataclass(slots=True)
@@ -405,14 +419,7 @@ class _Child:
             try:
                 reply = conn.read_response(timeout=_READ_TIMEOUT, disconnect_on_error=False)
             except redis.exceptions.TimeoutError:
-                idle = monotonic() - last_reply
-                if idle > 2 * _IDLE_PING:
-                    raise redis.exceptions.TimeoutError(
-                        f"no reply from the broker for {idle:.0f} s"
-                    ) from None
-                if idle > _IDLE_PING and not pinged:
-                    conn.send_command("PING")
-                    pinged = True
+                pinged = after_quiet_read(conn, last_reply, pinged)
                 continue
             last_reply = monotonic()
             pinged = False

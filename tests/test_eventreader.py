@@ -21,10 +21,12 @@ from chatbot.eventreader import (
     CONNECTED,
     DISCONNECTED,
     EVENTS,
+    IDLE_PING,
     MESSAGES,
     DecodedBatch,
     ReaderProcess,
     Subscription,
+    after_quiet_read,
 )
 from chatbot.eventwire import encode_message, publish_topic, subscribe_topic
 
@@ -220,3 +222,27 @@ def test_a_decoding_child_hands_over_checked_localized_events_and_counts_what_it
     assert drops == {"not-json": 1}
     assert sum(b.cost for b in collector.batches) > 0
     assert collector.messages == []  # decoded: no raw messages cross the pipe
+
+
+def test_a_quiet_subscription_pings_once_then_gives_up_on_a_broker_that_never_answers(
+    redis_url: str,
+) -> None:
+    # Both subscribers (the reader child and the consumer's inline loop) call this on every
+    # read timeout: a hung broker keeps the socket open, so silence is the only sign.
+    cls, kwargs = redis_connection_kwargs(redis_url)
+    conn = cls(**kwargs, protocol=2, socket_timeout=None)  # as the reader child connects
+    try:
+        conn.connect()
+        conn.send_command("SUBSCRIBE", "chatops-quiet-test")
+        assert conn.read_response(timeout=5)[0] == b"subscribe"
+        assert after_quiet_read(conn, time.monotonic(), False) is False  # not quiet yet
+        assert not conn.can_read(0.2)  # and nothing was sent
+        quiet_since = time.monotonic() - IDLE_PING - 1
+        assert after_quiet_read(conn, quiet_since, False) is True
+        assert conn.read_response(timeout=5) == [b"pong", b""]  # the broker was asked
+        assert after_quiet_read(conn, quiet_since, True) is True  # one PING out is enough
+        assert not conn.can_read(0.2)
+        with pytest.raises(redis.exceptions.TimeoutError, match="no reply from the broker"):
+            after_quiet_read(conn, time.monotonic() - 2 * IDLE_PING - 1, True)
+    finally:
+        conn.disconnect()
